@@ -1,0 +1,1 @@
+"""The `pimesh` command: operators' tools and the entry points of every component."""

@@ -1,0 +1,1 @@
+"""The in-cluster controller: turns device announcements into mesh resources and bundles."""

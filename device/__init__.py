@@ -1,0 +1,1 @@
+"""The agent on each Pi: identity, bundle installation, ztunnel supervision and LEDs."""
