@@ -6,12 +6,16 @@ so the same names work as flags and as `PIMESH_*` environment variables.
 
 import typer
 
+from cli.components import agent_app, controller_app
+
 app = typer.Typer(
     name="pimesh",
     help="Run a fleet of Raspberry Pis inside an Istio ambient service mesh.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(controller_app, name="controller")
+app.add_typer(agent_app, name="agent")
 
 
 @app.command()

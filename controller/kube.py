@@ -13,6 +13,7 @@ derived from (and tested against) this one module.
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,23 @@ class Kube:
     def __init__(self, api: k8s.ApiClient, *, timeout_s: float = 30.0) -> None:
         self._api = api
         self._timeout_s = timeout_s
+        self._watches: set[urllib3.BaseHTTPResponse] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called."""
+        with self._lock:
+            return self._closed
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """End open watches and release the connection pool."""
+        with self._lock:
+            self._closed = True
+            watches = list(self._watches)
+        for response in watches:
+            response.shutdown()  # unblocks the thread reading it
         self._api.close()  # type: ignore[no-untyped-call]
 
     # Generic verbs ---------------------------------------------------------------
@@ -223,6 +238,11 @@ class Kube:
         response = self._open(
             "GET", resource.path(namespace), query=query, read_timeout=timeout_s + 10
         )
+        with self._lock:
+            if self._closed:
+                response.release_conn()
+                return
+            self._watches.add(response)
         try:
             for line in _lines(response):
                 event = json.loads(line)
@@ -231,9 +251,13 @@ class Kube:
                     raise _api_error(int(status.get("code", 500)), status.get("message", ""), None)
                 yield WatchEvent(event["type"], event["object"])
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if self.closed:
+                return  # close() ended it on purpose
             msg = f"watch of {resource.plural} broke: {type(exc).__name__}"
             raise ApiUnavailable(msg) from exc
         finally:
+            with self._lock:
+                self._watches.discard(response)
             response.release_conn()
 
     # Specific calls ----------------------------------------------------------------

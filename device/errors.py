@@ -2,10 +2,10 @@
 
     PimeshError                 (shared.errors)
     └── DeviceError             something the agent could not do on this device
-        └── InstallError        a bundle's files could not be written or removed
+        ├── InstallError        a bundle's files could not be written or removed
+        ├── ZtunnelError        the ztunnel supervisor was used after it was closed
+        └── LedHardwareError    the LED strip failed (device.leds.driver)
 
-Other device failures (settings, ztunnel supervision, the LED hardware) get their own
-subclasses of `DeviceError` next to `InstallError`, so the agent can catch them as one.
 Every `reason` names paths and system errors only, never file contents: a bundle carries
 a token that must not reach a log or an ack's `detail`.
 """
@@ -19,3 +19,7 @@ class DeviceError(PimeshError):
 
 class InstallError(DeviceError):
     """A bundle part could not be installed or removed; `reason` names the path."""
+
+
+class ZtunnelError(DeviceError):
+    """The ztunnel supervisor was used after `close()`; `reason` says what was asked."""

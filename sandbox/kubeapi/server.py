@@ -103,6 +103,12 @@ class KubeApiServer:
         ready.set()
         loop.run_forever()
         loop.run_until_complete(self._close())
+        # Handlers of watches whose clients vanished without closing: cancel and await
+        # them, so stopping never leaves "Task was destroyed but it is pending!" behind.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     async def _open(self) -> None:

@@ -1,0 +1,5 @@
+"""`python -m cli` is `pimesh`."""
+
+from cli.app import main
+
+main()

@@ -1,0 +1,241 @@
+"""Turn what devices said (announce, ack, status) into changes of their EdgeDevice.
+
+This is the only place a device's word enters the cluster, so every check of
+PROTOCOL.md happens here, in this order: the key is the pinned one (or the device is
+new, or an operator asked to re-key it), the signature verifies with it, and the
+timestamp and nonce pass the replay window (newer than the last accepted announce,
+which is kept in status so a restart does not reopen the window). A message that fails
+is dropped and counted; only a validly self-signed announce with another key earns an
+answer (`Rejected`, not retained: the real device's phase stays as it was).
+"""
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from controller.admission import matches_auto_approve
+from controller.conditions import set_condition
+from controller.device import APP_LABEL, DeviceKeys, DevicePort, EdgeDevice, status_patch
+from controller.events import EventRecorder
+from controller.kube import EDGE_DEVICES, Kube
+from controller.metrics import ControllerMetrics
+from controller.resources import MANAGED_BY
+from controller.settings import ControllerSettings
+from shared.crypto import ReplayGuard, fingerprint, load_sign_public
+from shared.errors import BadSignature, CryptoError, ReplayedMessage
+from shared.messages import Ack, Announce, Enrollment, Status
+from shared.signing import verify_message
+
+log = logging.getLogger(__name__)
+
+DeviceInput = Announce | Ack | Status
+
+
+class Absorber:
+    """Applies verified device messages to EdgeDevices."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: ControllerSettings,
+        *,
+        replay: ReplayGuard,
+        events: EventRecorder,
+        metrics: ControllerMetrics,
+        reject: Callable[[Enrollment], None],
+        now: Callable[[], datetime],
+    ) -> None:
+        self._kube = kube
+        self._settings = settings
+        self._replay = replay
+        self._events = events
+        self._metrics = metrics
+        self._reject = reject
+        self._now = now
+
+    def absorb(self, device: EdgeDevice | None, message: DeviceInput) -> EdgeDevice | None:
+        """Apply one message; returns the device as it is now (None if still unknown)."""
+        try:
+            if isinstance(message, Announce):
+                return self._announce(device, message)
+            if device is None or device.status.keys is None:
+                self._count(message.kind, "unknown_device")
+                return device
+            if isinstance(message, Ack):
+                return self._ack(device, message, sign_key=device.status.keys.sign)
+            return self._status(device, message, sign_key=device.status.keys.sign)
+        except (CryptoError, BadSignature, ReplayedMessage) as exc:
+            self._count(message.kind, "rejected")
+            log.info(
+                "message refused",
+                extra={"device": message.device_id, "kind": message.kind, "why": exc.reason},
+            )
+            return device
+
+    # announce ------------------------------------------------------------------------
+
+    def _announce(self, device: EdgeDevice | None, msg: Announce) -> EdgeDevice:
+        if device is None:
+            self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+            created = self._create(msg)
+            self._count("announce", "created")
+            return self._patch(created, **self._pin(msg), **self._facts(msg))
+        pinned = device.status.keys
+        repin: dict[str, Any] = {}
+        if pinned is None:
+            repin = self._pin(msg)
+        elif (pinned.sign, pinned.kx) != (msg.keys.sign, msg.keys.kx):
+            if device.rekey_requested is None:
+                self._key_mismatch(device, msg)
+                return device
+            repin = {**self._pin(msg), "rekey_handled": device.rekey_requested}
+            self._events.normal(
+                device,
+                "Rekeyed",
+                f"new keys pinned: {fingerprint(load_sign_public(msg.keys.sign))}",
+            )
+        self._replay.check(
+            msg.device_id,
+            ts=msg.ts,
+            nonce=msg.nonce,
+            newest_accepted=device.status.last_announce_ts,
+        )
+        device = self._update_spec(device, msg)
+        self._count("announce", "accepted")
+        return self._patch(device, **repin, **self._facts(msg))
+
+    def _create(self, msg: Announce) -> EdgeDevice:
+        spec: dict[str, Any] = {
+            "app": msg.app,
+            "groups": list(msg.groups),
+            "labels": dict(msg.labels),
+        }
+        if matches_auto_approve(msg.device_id, self._settings.auto_approve):
+            spec["approved"] = True
+        body = {
+            "apiVersion": "pimesh.io/v1alpha1",
+            "kind": "EdgeDevice",
+            "metadata": {
+                "name": msg.device_id,
+                "namespace": self._settings.namespace,
+                "labels": {**MANAGED_BY, APP_LABEL: msg.app},
+            },
+            "spec": spec,
+        }
+        obj = self._kube.create(EDGE_DEVICES, body, namespace=self._settings.namespace)
+        log.info("new device", extra={"device": msg.device_id, "app": msg.app})
+        return EdgeDevice.from_api(obj)
+
+    def _pin(self, msg: Announce) -> dict[str, Any]:
+        return {
+            "keys": DeviceKeys(sign=msg.keys.sign, kx=msg.keys.kx),
+            "key_fingerprint": fingerprint(load_sign_public(msg.keys.sign)),
+        }
+
+    def _facts(self, msg: Announce) -> dict[str, Any]:
+        return {
+            "addresses": tuple(msg.addresses),
+            "ports": tuple(
+                DevicePort(name=p.name, port=p.port, protocol=p.protocol) for p in msg.ports
+            ),
+            "last_announce_ts": msg.ts,
+            "last_seen": self._now(),
+            "hostname": msg.hostname,
+            "arch": msg.arch,
+            "os": msg.os,
+            "agent_version": msg.agent_version,
+        }
+
+    def _update_spec(self, device: EdgeDevice, msg: Announce) -> EdgeDevice:
+        spec = device.spec
+        if (spec.app, spec.groups, spec.labels) == (msg.app, tuple(msg.groups), dict(msg.labels)):
+            return device
+        labels: dict[str, str | None] = {k: None for k in spec.labels if k not in msg.labels}
+        labels.update(msg.labels)
+        patch = {
+            "metadata": {"labels": {APP_LABEL: msg.app}},
+            "spec": {"app": msg.app, "groups": list(msg.groups), "labels": labels},
+        }
+        obj = self._kube.merge_patch(
+            EDGE_DEVICES, device.name, patch, namespace=self._settings.namespace
+        )
+        return EdgeDevice.from_api(obj)
+
+    def _key_mismatch(self, device: EdgeDevice, msg: Announce) -> None:
+        self._count("announce", "key_mismatch")
+        reason = (
+            f"key mismatch: {device.name} is enrolled with key {device.status.key_fingerprint}; "
+            f"if the device was reinstalled, run `pimesh rekey {device.name}`"
+        )
+        self._reject(
+            Enrollment(device_id=device.name, ts=self._now(), phase="Rejected", reason=reason)
+        )
+        self._events.warning(device, "KeyMismatch", reason)
+        # The condition is recorded without touching the phase of the real device.
+        conditions = set_condition(
+            device.status.conditions, "KeyMismatch", "True", "KeyMismatch", reason, now=self._now()
+        )
+        if conditions != device.status.conditions:
+            self._patch(device, conditions=conditions)
+
+    # ack and status --------------------------------------------------------------------
+
+    def _ack(self, device: EdgeDevice, msg: Ack, *, sign_key: str) -> EdgeDevice:
+        verify_message(msg, sign_key)
+        self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+        self._count("ack", msg.result)
+        status = device.status
+        changes: dict[str, Any] = {"last_seen": self._now()}
+        if (
+            msg.result == "applied"
+            and status.acked_generation < msg.generation <= status.generation
+        ):
+            changes["acked_generation"] = msg.generation
+        if msg.result == "failed":
+            detail = msg.detail or "no detail given"
+            self._events.warning(device, "BundleFailed", f"generation {msg.generation}: {detail}")
+        ok = msg.result == "applied"
+        changes["conditions"] = set_condition(
+            status.conditions,
+            "BundleApplied",
+            "True" if ok else "False",
+            "Applied" if ok else "Failed",
+            f"generation {msg.generation}" + ("" if ok else f": {msg.detail or 'no detail'}"),
+            now=self._now(),
+        )
+        return self._patch(device, **changes)
+
+    def _status(self, device: EdgeDevice, msg: Status, *, sign_key: str) -> EdgeDevice:
+        if msg.state == "offline":
+            # The last will is unsigned: only the broker's ACL vouches for it.
+            self._count("status", "offline")
+            return self._patch(device, online=False) if device.status.online else device
+        verify_message(msg, sign_key)
+        if msg.ts is None or msg.nonce is None:  # the model refuses this; mypy cannot know
+            raise BadSignature("online status without ts or nonce")
+        self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+        self._count("status", "online")
+        return self._patch(
+            device,
+            online=True,
+            last_seen=self._now(),
+            ztunnel=msg.ztunnel,
+            agent_version=msg.agent_version,
+        )
+
+    # plumbing --------------------------------------------------------------------------
+
+    def _patch(self, device: EdgeDevice, **changes: Any) -> EdgeDevice:
+        patch = status_patch(device.status, **changes)
+        obj = self._kube.merge_patch(
+            EDGE_DEVICES,
+            device.name,
+            patch,
+            namespace=self._settings.namespace,
+            subresource="status",
+        )
+        return EdgeDevice.from_api(obj)
+
+    def _count(self, kind: str, outcome: str) -> None:
+        self._metrics.messages.labels(kind=kind, outcome=outcome).inc()

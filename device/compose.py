@@ -1,0 +1,34 @@
+"""Put an agent together from its settings: ztunnel supervisor, LED strip, agent.
+
+Used by `pimesh agent run` and by the sandbox, so both run the same composition.
+"""
+
+import logging
+import shlex
+
+from device.agent import Agent
+from device.leds import LedDriver, LedHardwareError, SimulatedStrip, Ws281xStrip, is_raspberry_pi
+from device.settings import AgentSettings
+from device.ztunnel import ZtunnelSupervisor
+from shared.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_agent(settings: AgentSettings, mqtt: MqttSettings) -> Agent:
+    """An agent ready to `start()`."""
+    command = None if settings.ztunnel_cmd.strip() == "none" else shlex.split(settings.ztunnel_cmd)
+    ztunnel = ZtunnelSupervisor(command, cwd=settings.root)
+    return Agent(settings, mqtt, ztunnel=ztunnel, strip=make_strip(settings))
+
+
+def make_strip(settings: AgentSettings) -> LedDriver | None:
+    """The strip the settings ask for; a strip that cannot start leaves the agent without LEDs."""
+    backend = settings.led_backend or ("ws281x" if is_raspberry_pi() else "simulated")
+    if backend == "simulated":
+        return SimulatedStrip(settings.led_count)
+    try:
+        return Ws281xStrip(settings.led_count)
+    except LedHardwareError as exc:
+        log.error("LED strip unavailable, running without it", extra={"why": exc.reason})
+        return None
