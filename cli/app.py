@@ -7,6 +7,7 @@ so the same names work as flags and as `PIMESH_*` environment variables.
 import typer
 
 from cli.components import agent_app, controller_app
+from cli.operator import register
 
 app = typer.Typer(
     name="pimesh",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(controller_app, name="controller")
 app.add_typer(agent_app, name="agent")
+register(app)
 
 
 @app.command()
