@@ -51,6 +51,12 @@ class ControllerSettings(BaseSettings):
     policy_file: Path | None = Field(default=None, description="AuthorizationPolicy file.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables.")
     workers: int = Field(default=4, ge=1, le=64, description="Reconcile worker threads.")
+    rotation_rate: float = Field(
+        default=20.0, gt=0, le=10_000, description="TokenRequests per second, at most."
+    )
+    rotation_concurrency: int = Field(
+        default=4, ge=1, le=256, description="TokenRequests in flight, at most."
+    )
 
     _split_auto_approve = field_validator("auto_approve", mode="before")(split_commas)
 
@@ -80,10 +86,14 @@ class ControllerSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_schedule(self) -> "ControllerSettings":
+    def _renews_before_half_life(self) -> "ControllerSettings":
         if self.rotate_every is not None and self.rotate_cron is not None:
             msg = "give --rotate-every or --rotate-cron, not both"
             raise ValueError(msg)
+        # Imported here: the schedule is built from these settings (no import cycle).
+        from controller.rotation import build_schedule
+
+        build_schedule(self)
         return self
 
     @property
