@@ -26,12 +26,15 @@ from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import version
 
+from flask import Flask
+
 from device.bundles import BundleInstaller
 from device.ledlink import is_stale, to_message, to_spec
 from device.leds import EffectPlayer, LedDriver, LedState
 from device.netinfo import arch, boot_id, detect_addresses, os_name
 from device.settings import AgentSettings
 from device.trust import ControllerTrust
+from device.web import LedMetrics, WebServer, create_app
 from device.ztunnel import ZtunnelSupervisor
 from shared.crypto import DeviceKeys
 from shared.errors import InvalidMessage
@@ -50,6 +53,7 @@ from shared.messages import (
     new_nonce,
     now_utc,
 )
+from shared.messages import LedState as LedStateMessage
 from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
 from shared.signing import sign_message
@@ -116,16 +120,29 @@ class Agent:
         self.leds = (
             EffectPlayer(strip, on_change=self._publish_led_state) if strip is not None else None
         )
+        # web ----- the LED page and API (device/web.py); --http-port 0 disables it.
+        self.led_metrics = LedMetrics(self.leds)
+        self._web = (
+            WebServer(self._web_app(), port=settings.http_port) if settings.http_port else None
+        )
 
     # lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (in the background, retrying forever) and start working."""
+        """Serve the LED page, connect (in the background, retrying forever) and work.
+
+        Raises:
+            DeviceError: The HTTP port cannot be bound.
+        """
+        if self._web is not None:  # first: a port in use must stop the start cleanly
+            self._web.start()
         self._worker.start()
         self.link.start()
 
     def stop(self) -> None:
-        """Say offline (retained), disconnect, stop ztunnel and the strip."""
+        """Stop the web server, say offline (retained), disconnect, stop ztunnel and the strip."""
+        if self._web is not None:
+            self._web.stop()
         self._stop.set()
         self._events.put(lambda: None)
         self._worker.join(timeout=10)
@@ -228,11 +245,58 @@ class Agent:
 
     def _on_led(self, command: Led) -> None:
         if self.leds is None:
+            self.led_metrics.rejected.labels(source="mqtt", reason="no_strip").inc()
             return
+        self.led_metrics.count(self.command(command), source="mqtt")
+
+    def command(self, command: Led) -> LedState | None:
+        """Apply an LED command, from MQTT or HTTP alike; `led_state` follows.
+
+        Returns:
+            The state the command produced; `None` when it was ignored (no strip, or its
+            `ts` is more than 60 s old).
+        """
+        if self.leds is None:
+            return None
         if is_stale(command, now=self._now()):
             log.info("ignored a stale LED command", extra={"command": command.id})
-            return
-        self.leds.play(to_spec(command))
+            return None
+        return self.leds.play(to_spec(command))
+
+    # web -------------------------------------------------------------------------------
+
+    @property
+    def web_port(self) -> int | None:
+        """The port the LED page is served on, once started; `None` when disabled."""
+        return None if self._web is None else self._web.port
+
+    def health(self) -> dict[str, object]:
+        """What `/healthz` reports: the broker link, ztunnel, generation and strip."""
+        record = self.bundles.record
+        leds = "absent" if self.leds is None else "failed" if self.leds.state().failed else "ok"
+        phase = self.last_enrollment.phase if self.last_enrollment else None
+        return {
+            "device_id": self.device_id,
+            "mqtt": {"connected": self.link.connected, "ready": self.link.ready},
+            "ztunnel": self.ztunnel.state,
+            "generation": record.generation if record else 0,
+            "enrollment": phase or "unknown",
+            "leds": leds,
+        }
+
+    def _web_app(self) -> Flask:
+        def sign(message: LedStateMessage) -> LedStateMessage:
+            return sign_message(message, self.keys.sign_key)
+
+        return create_app(
+            player=self.leds,
+            device_id=self.device_id,
+            health=self.health,
+            on_command=self.command,
+            sign=sign,
+            metrics=self.led_metrics,
+            now=self._now,
+        )
 
     # MQTT out ----------------------------------------------------------------------------
 

@@ -15,11 +15,22 @@ from shared.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 
-def build_agent(settings: AgentSettings, mqtt: MqttSettings) -> Agent:
-    """An agent ready to `start()`."""
+def build_agent(
+    settings: AgentSettings, mqtt: MqttSettings, *, strip: LedDriver | None = None
+) -> Agent:
+    """An agent ready to `start()` (which also serves its LED page on `--http-port`).
+
+    Args:
+        settings: The agent's settings.
+        mqtt: How to reach the broker.
+        strip: A strip to drive instead of the one the settings ask for (a caller that
+            watches a `SimulatedStrip` of its own: tests, benchmarks).
+    """
     command = None if settings.ztunnel_cmd.strip() == "none" else shlex.split(settings.ztunnel_cmd)
     ztunnel = ZtunnelSupervisor(command, cwd=settings.root)
-    return Agent(settings, mqtt, ztunnel=ztunnel, strip=make_strip(settings))
+    return Agent(
+        settings, mqtt, ztunnel=ztunnel, strip=strip if strip is not None else make_strip(settings)
+    )
 
 
 def make_strip(settings: AgentSettings) -> LedDriver | None:

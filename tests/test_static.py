@@ -12,7 +12,16 @@ BIN = Path(sys.executable).parent
 CHECKS = {
     "ruff-lint": [str(BIN / "ruff"), "check", "."],
     "ruff-format": [str(BIN / "ruff"), "format", "--check", "."],
-    "mypy": [str(BIN / "mypy"), "shared", "controller", "device", "sandbox", "cli", "tests"],
+    "mypy": [
+        str(BIN / "mypy"),
+        "shared",
+        "controller",
+        "device",
+        "sandbox",
+        "cli",
+        "benchmarks",
+        "tests",
+    ],
     "import-linter": [str(BIN / "lint-imports")],
 }
 

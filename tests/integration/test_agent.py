@@ -1,41 +1,20 @@
 """The real agent meets the real controller: Mosquitto, the API over HTTP, a stand-in ztunnel."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from kubernetes import client
-from pydantic import SecretStr
 
-from device.agent import Agent
-from device.compose import build_agent
-from device.settings import AgentSettings
-from sandbox.broker import Mosquitto
-from shared.settings import MqttSettings
+from tests.harness.agents import AgentRig, rig_fixture, wait_until  # noqa: F401 - fixture
 from tests.harness.controller import ISTIOD_IP, ControllerFactory, Mesh
 
 pytestmark = pytest.mark.timeout(90)
-
-STANDIN = f"{sys.executable} -m sandbox.standin_ztunnel"
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def edge_device(mesh: Mesh, name: str) -> dict[str, Any]:
@@ -49,63 +28,6 @@ def edge_device(mesh: Mesh, name: str) -> dict[str, Any]:
             return {"status": {}}
         raise
     return {"status": {}, **cast(dict[str, Any], obj)}
-
-
-class AgentRig:
-    """Builds agents (in process) for one test and stops them afterwards."""
-
-    def __init__(self, broker: Mosquitto, prefix: str, tmp: Path) -> None:
-        self.broker, self.prefix, self.tmp = broker, prefix, tmp
-        self.agents: list[Agent] = []
-
-    def settings(self, device_id: str, **overrides: Any) -> AgentSettings:
-        base = self.tmp / device_id
-        values: dict[str, Any] = {
-            "device_id": device_id,
-            "root": base / "root",
-            "state_dir": base / "state",
-            "address": ["192.168.1.178"],
-            "ztunnel_cmd": f"{STANDIN} --record {base / 'ztunnel.json'}",
-            "led_backend": "simulated",
-            "http_port": 0,
-            "port": ["http-pi=8080"],
-            "keepalive": 2,
-            **overrides,
-        }
-        (base / "root").mkdir(parents=True, exist_ok=True)
-        return AgentSettings(**values)
-
-    def mqtt(self, device_id: str) -> MqttSettings:
-        password = self.broker.add_user(device_id)
-        info = self.broker.info
-        return MqttSettings(
-            broker=info.url,
-            username=device_id,
-            password=SecretStr(password),
-            topic_prefix=self.prefix,
-        )
-
-    def start(self, device_id: str, **overrides: Any) -> Agent:
-        agent = build_agent(self.settings(device_id, **overrides), self.mqtt(device_id))
-        self.agents.append(agent)
-        agent.start()
-        return agent
-
-    def record(self, device_id: str) -> dict[str, Any]:
-        path = self.tmp / device_id / "ztunnel.json"
-        return cast(dict[str, Any], json.loads(path.read_text())) if path.exists() else {}
-
-    def starts(self, device_id: str) -> int:
-        path = self.tmp / device_id / "ztunnel.json.starts"
-        return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-@pytest.fixture
-def rig(broker: Mosquitto, prefix: str, tmp_path: Path) -> Iterator[AgentRig]:
-    made = AgentRig(broker, prefix, tmp_path)
-    yield made
-    for agent in made.agents:
-        agent.stop()
 
 
 def test_agent_enrolls_installs_the_seed_layout_and_runs_ztunnel(
