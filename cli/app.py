@@ -8,6 +8,7 @@ import typer
 
 from cli.components import agent_app, controller_app
 from cli.operator import register
+from cli.sandbox import register as register_sandbox
 
 app = typer.Typer(
     name="pimesh",
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.add_typer(controller_app, name="controller")
 app.add_typer(agent_app, name="agent")
 register(app)
+register_sandbox(app)
 
 
 @app.command()
@@ -26,17 +28,6 @@ def version() -> None:
     from importlib.metadata import version as dist_version
 
     typer.echo(dist_version("pimesh"))
-
-
-@app.command()
-def sandbox() -> None:
-    """Run the whole system on this machine (not available yet in this build)."""
-    typer.echo(
-        "pimesh sandbox is not built yet: the controller and the Pi agent land first. "
-        "Run the test suite to see what works today.",
-        err=True,
-    )
-    raise typer.Exit(code=2)
 
 
 def main() -> None:

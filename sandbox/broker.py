@@ -39,6 +39,8 @@ from shared.errors import PimeshError
 log = logging.getLogger(__name__)
 
 DEBIAN_PACKAGE = "mosquitto"
+MOSQUITTO_ENV = "PIMESH_MOSQUITTO"
+"""Names the Mosquitto executable to run instead of looking for it."""
 _LOOPBACK = "127.0.0.1"
 _POLL_S = 0.02
 _PORT_ATTEMPTS = 3
@@ -85,13 +87,22 @@ class BrokerInfo:
 
 
 def find_mosquitto() -> Path:
-    """Locate the `mosquitto` executable or raise `BrokerError` naming the package."""
+    """Locate the `mosquitto` executable or raise `BrokerError` naming the package.
+
+    `$PIMESH_MOSQUITTO` names the executable outright (a build of one's own, or a path
+    that does not exist, to see what a machine without Mosquitto is told); otherwise it
+    is looked up on PATH, then in /usr/sbin and /sbin, where Debian installs it.
+    """
+    hint = f"install the Debian package '{DEBIAN_PACKAGE}' (apt-get install {DEBIAN_PACKAGE})"
+    override = os.environ.get(MOSQUITTO_ENV)
+    if override:
+        found = shutil.which(override)
+        if found is None:
+            raise BrokerError(f"mosquitto not found at {override} ({MOSQUITTO_ENV}): {hint}")
+        return Path(found)
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
     if found is None:
-        raise BrokerError(
-            "mosquitto not found on PATH or in /usr/sbin: install the Debian package "
-            f"'{DEBIAN_PACKAGE}' (apt-get install {DEBIAN_PACKAGE})"
-        )
+        raise BrokerError(f"mosquitto not found on PATH or in /usr/sbin: {hint}")
     return Path(found)
 
 
