@@ -276,6 +276,19 @@ class Kube:
         status = answer.get("status", {})
         return str(status["token"]), str(status["expirationTimestamp"])
 
+    # Optimistic concurrency (controller.leader) ---------------------------------------
+
+    def replace(
+        self, resource: Resource, obj: JsonObject, *, namespace: str | None = None
+    ) -> JsonObject:
+        """Replace a whole object (PUT, RBAC verb `update`).
+
+        Its `metadata.resourceVersion` is a precondition: Conflict when the object changed
+        since it was read, so of two writers that read the same version only one wins.
+        Raises NotFound when the object is gone.
+        """
+        return self._call("PUT", resource.path(namespace, obj["metadata"]["name"]), body=obj)
+
     # Plumbing ------------------------------------------------------------------------
 
     def _call(
