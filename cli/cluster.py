@@ -20,7 +20,7 @@ from cli.fleet import Fleet
 from cli.options import describe
 from controller.errors import ApiUnavailable
 from controller.kube import Kube, load_api_client
-from controller.settings import DNS1123_LABEL
+from shared.settings import dns_label, existing_file
 
 CLUSTER_PANEL = "Cluster"
 
@@ -42,18 +42,9 @@ class ClusterAccess(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_label(cls, value: str) -> str:
-        if not DNS1123_LABEL.match(value):
-            msg = f"{value!r} is not a valid namespace name (DNS-1123 label)"
-            raise ValueError(msg)
-        return value
+        return dns_label(value, what="namespace name")
 
-    @field_validator("kubeconfig")
-    @classmethod
-    def _kubeconfig_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            msg = f"{value} is not a readable file"
-            raise ValueError(msg)
-        return value
+    _kubeconfig_exists = field_validator("kubeconfig")(existing_file)
 
 
 def _cluster_option(field: str, *names: str) -> object:

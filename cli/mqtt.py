@@ -17,12 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cli.errors import CliError
-from shared.mqtt import Outgoing
+from shared.mqtt import Outgoing, new_client
 from shared.settings import MqttSettings
 
 LOOP_SLICE_S = 0.05  # how long one paho loop() waits for the socket
@@ -61,22 +60,7 @@ class _Exchange:
 
 
 def _client(settings: MqttSettings, client_id: str, exchange: _Exchange) -> paho.Client:
-    v5 = settings.mqtt_version == "5"
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        clean_session=None if v5 else True,
-    )
-    if settings.username is not None:
-        password = settings.password.get_secret_value() if settings.password else None
-        client.username_pw_set(settings.username, password)
-    if settings.address.tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-        )
+    client = new_client(settings, client_id=client_id)
     client.on_connect = exchange.on_connect
     client.on_publish = exchange.on_publish
     return client

@@ -4,22 +4,15 @@ Field names are the flag names (`token_ttl` is `--token-ttl` and `PIMESH_TOKEN_T
 an error can always name the flag to fix; units are in the descriptions.
 """
 
-import re
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+from shared.settings import dns_label, split_commas
+
 MIN_TOKEN_TTL_S = 600  # the TokenRequest API refuses shorter tokens
-
-
-def split_commas(value: object) -> object:
-    """Repeatable flags take comma-separated lists in their environment variables."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class ControllerSettings(BaseSettings):
@@ -63,10 +56,7 @@ class ControllerSettings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_label(cls, value: str) -> str:
-        if not DNS1123_LABEL.match(value):
-            msg = f"{value!r} is not a valid namespace name (DNS-1123 label)"
-            raise ValueError(msg)
-        return value
+        return dns_label(value, what="namespace name")
 
     @field_validator("token_ttl")
     @classmethod

@@ -7,7 +7,6 @@ checked here, at start, so a bad value is refused with a message naming the flag
 """
 
 import ipaddress
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,16 +15,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.messages import is_device_id
+from shared.settings import dns_label, split_commas
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LedBackend = Literal["ws281x", "simulated"]
-
-
-def split_commas(value: object) -> object:
-    """Repeatable flags take comma-separated lists in their environment variables."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 def default_device_id() -> str:
@@ -81,10 +73,7 @@ class AgentSettings(BaseSettings):
     @field_validator("app")
     @classmethod
     def _valid_app(cls, value: str) -> str:
-        if not DNS1123_LABEL.match(value):
-            msg = f"{value!r} is not a DNS-1123 label"
-            raise ValueError(msg)
-        return value
+        return dns_label(value, what="app name")
 
     @field_validator("address")
     @classmethod

@@ -66,6 +66,31 @@ class Backoff:
         return ceiling / 2 + rng() * ceiling / 2
 
 
+def new_client(settings: MqttSettings, *, client_id: str, persistent: bool = False) -> paho.Client:
+    """A paho client set up from the shared flags: protocol, credentials, TLS.
+
+    `persistent` keeps the session across reconnects (MQTT 3.1.1 clean session off; for
+    MQTT 5 it is the CONNECT's clean start and session expiry, set when connecting).
+    """
+    v5 = settings.mqtt_version == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else not persistent,
+    )
+    if settings.username is not None:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    if settings.address.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+        )
+    return client
+
+
 class MqttLink:
     """A supervised paho client; callbacks run on its network thread and must not block."""
 
@@ -141,22 +166,7 @@ class MqttLink:
             self._thread.join(timeout)
 
     def _make_client(self, client_id: str, will: Outgoing | None) -> paho.Client:
-        settings = self._settings
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else not self._persistent,
-        )
-        if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password else None
-            client.username_pw_set(settings.username, password)
-        if settings.address.tls:
-            client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                certfile=str(settings.cert_file) if settings.cert_file else None,
-                keyfile=str(settings.key_file) if settings.key_file else None,
-            )
+        client = new_client(self._settings, client_id=client_id, persistent=self._persistent)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.max_queued_messages_set(10_000)

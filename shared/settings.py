@@ -7,6 +7,7 @@ led` and the sandbox, so they are defined once. Each field is also read from
 init values, which take precedence over the environment.
 """
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -17,6 +18,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared import DEFAULT_TOPIC_PREFIX
 
 MqttVersion = Literal["5", "3.1.1"]
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def split_commas(value: object) -> object:
+    """Repeatable flags take comma-separated lists in their environment variables."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def dns_label(value: str, *, what: str = "name") -> str:
+    """`value` if it is a DNS-1123 label (namespaces, apps); else a ValueError saying so."""
+    if not _DNS1123_LABEL.match(value):
+        msg = f"{value!r} is not a valid {what} (DNS-1123 label)"
+        raise ValueError(msg)
+    return value
+
+
+def existing_file(value: Path | None) -> Path | None:
+    """`value` if it names a readable file (or is None); else a ValueError saying so."""
+    if value is not None and not value.is_file():
+        msg = f"{value} is not a readable file"
+        raise ValueError(msg)
+    return value
 
 
 class BrokerAddress:
@@ -70,13 +96,7 @@ class MqttSettings(BaseSettings):
         BrokerAddress(value)
         return value
 
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            msg = f"{value} is not a readable file"
-            raise ValueError(msg)
-        return value
+    _files_exist = field_validator("ca_file", "cert_file", "key_file")(existing_file)
 
     @field_validator("topic_prefix")
     @classmethod
