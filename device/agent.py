@@ -20,6 +20,7 @@ arrive before the key is known are held, not dropped.
 import logging
 import queue
 import random
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +74,6 @@ class Agent:
         settings: AgentSettings,
         mqtt: MqttSettings,
         *,
-        ztunnel: ZtunnelSupervisor,
         strip: LedDriver | None = None,
         now: Callable[[], datetime] = now_utc,
         rng: Callable[[], float] = random.random,
@@ -83,7 +83,13 @@ class Agent:
         self.topics = Topics(mqtt.topic_prefix)
         self.keys = DeviceKeys.load_or_create(settings.state_dir)
         self.trust = ControllerTrust(settings.state_dir, pinned=settings.controller_key)
-        self.ztunnel = ztunnel
+        command = settings.ztunnel_cmd.strip()
+        self.ztunnel = ZtunnelSupervisor(
+            None if command == "none" else shlex.split(command),
+            cwd=settings.root,
+            # On the supervisor's thread, under its lock: only hand the news over.
+            on_state=lambda _state: self._events.put(self._publish_status),
+        )
         self._mqtt = mqtt
         self._now = now
         self._rng = rng
@@ -99,7 +105,7 @@ class Agent:
         self.bundles = BundleInstaller(
             settings,
             keys=self.keys,
-            ztunnel=ztunnel,
+            ztunnel=self.ztunnel,
             ack=self._send_ack,
             changed=self._publish_status,
         )

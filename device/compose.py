@@ -1,15 +1,13 @@
-"""Put an agent together from its settings: ztunnel supervisor, LED strip, agent.
+"""Put an agent together from its settings: the LED strip it drives, then the agent.
 
 Used by `pimesh agent run` and by the sandbox, so both run the same composition.
 """
 
 import logging
-import shlex
 
 from device.agent import Agent
 from device.leds import LedDriver, LedHardwareError, SimulatedStrip, Ws281xStrip, is_raspberry_pi
 from device.settings import AgentSettings
-from device.ztunnel import ZtunnelSupervisor
 from shared.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -26,11 +24,7 @@ def build_agent(
         strip: A strip to drive instead of the one the settings ask for (a caller that
             watches a `SimulatedStrip` of its own: tests, benchmarks).
     """
-    command = None if settings.ztunnel_cmd.strip() == "none" else shlex.split(settings.ztunnel_cmd)
-    ztunnel = ZtunnelSupervisor(command, cwd=settings.root)
-    return Agent(
-        settings, mqtt, ztunnel=ztunnel, strip=strip if strip is not None else make_strip(settings)
-    )
+    return Agent(settings, mqtt, strip=strip if strip is not None else make_strip(settings))
 
 
 def make_strip(settings: AgentSettings) -> LedDriver | None:
