@@ -7,10 +7,17 @@ timestamp and nonce pass the replay window (newer than the last accepted announc
 which is kept in status so a restart does not reopen the window). A message that fails
 is dropped and counted; only a validly self-signed announce with another key earns an
 answer (`Rejected`, not retained: the real device's phase stays as it was).
+
+A message that passed the replay check but could not be applied (the API failed) is
+filed again by the reconciler and retried; it is remembered as admitted until the
+reconciler calls `done`, so the retry is not refused as a replay of itself.
 """
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +37,18 @@ from shared.signing import verify_message
 log = logging.getLogger(__name__)
 
 DeviceInput = Announce | Ack | Status
+
+RETRY_MEMORY = 1_024
+"""Admitted messages awaiting a retry that are remembered; beyond it the oldest is
+forgotten, and its retry is then refused as a replay (fail closed)."""
+
+
+@dataclass(frozen=True)
+class Absorbed:
+    """The device after one message, and whether the message was accepted."""
+
+    device: EdgeDevice | None
+    accepted: bool
 
 
 class Absorber:
@@ -53,34 +72,71 @@ class Absorber:
         self._metrics = metrics
         self._reject = reject
         self._now = now
+        self._lock = threading.Lock()
+        self._admitted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
-    def absorb(self, device: EdgeDevice | None, message: DeviceInput) -> EdgeDevice | None:
-        """Apply one message; returns the device as it is now (None if still unknown)."""
+    def absorb(self, device: EdgeDevice | None, message: DeviceInput) -> Absorbed:
+        """Apply one message; the device as it is now (None if still unknown).
+
+        An API error propagates and leaves the message admitted for its retry; call
+        `done` once the message is fully handled.
+        """
         try:
             if isinstance(message, Announce):
                 return self._announce(device, message)
             if device is None or device.status.keys is None:
                 self._count(message.kind, "unknown_device")
-                return device
+                return Absorbed(device, accepted=False)
             if isinstance(message, Ack):
-                return self._ack(device, message, sign_key=device.status.keys.sign)
-            return self._status(device, message, sign_key=device.status.keys.sign)
+                return Absorbed(
+                    self._ack(device, message, sign_key=device.status.keys.sign), accepted=True
+                )
+            return Absorbed(
+                self._status(device, message, sign_key=device.status.keys.sign), accepted=True
+            )
         except (CryptoError, BadSignature, ReplayedMessage) as exc:
+            self.done(message)
             self._count(message.kind, "rejected")
             log.info(
                 "message refused",
                 extra={"device": message.device_id, "kind": message.kind, "why": exc.reason},
             )
-            return device
+            return Absorbed(device, accepted=False)
+
+    def done(self, message: DeviceInput) -> None:
+        """The message is handled for good: a copy of it is a replay from now on."""
+        if message.nonce is not None:
+            with self._lock:
+                self._admitted.pop((message.device_id, message.nonce), None)
+
+    def _admit(
+        self,
+        device_id: str,
+        *,
+        ts: datetime,
+        nonce: str,
+        newest_accepted: datetime | None = None,
+    ) -> None:
+        """The replay check, once per message even when applying it is retried."""
+        key = (device_id, nonce)
+        with self._lock:
+            if key in self._admitted:
+                return
+        self._replay.check(device_id, ts=ts, nonce=nonce, newest_accepted=newest_accepted)
+        with self._lock:
+            self._admitted[key] = None
+            while len(self._admitted) > RETRY_MEMORY:
+                self._admitted.popitem(last=False)
 
     # announce ------------------------------------------------------------------------
 
-    def _announce(self, device: EdgeDevice | None, msg: Announce) -> EdgeDevice:
+    def _announce(self, device: EdgeDevice | None, msg: Announce) -> Absorbed:
         if device is None:
-            self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+            self._admit(msg.device_id, ts=msg.ts, nonce=msg.nonce)
             created = self._create(msg)
             self._count("announce", "created")
-            return self._patch(created, **self._pin(msg), **self._facts(msg))
+            device = self._patch(created, **self._pin(msg), **self._facts(msg))
+            return Absorbed(device, accepted=True)
         pinned = device.status.keys
         repin: dict[str, Any] = {}
         if pinned is None:
@@ -88,14 +144,9 @@ class Absorber:
         elif (pinned.sign, pinned.kx) != (msg.keys.sign, msg.keys.kx):
             if device.rekey_requested is None:
                 self._key_mismatch(device, msg)
-                return device
+                return Absorbed(device, accepted=False)
             repin = {**self._pin(msg), "rekey_handled": device.rekey_requested}
-            self._events.normal(
-                device,
-                "Rekeyed",
-                f"new keys pinned: {fingerprint(load_sign_public(msg.keys.sign))}",
-            )
-        self._replay.check(
+        self._admit(
             msg.device_id,
             ts=msg.ts,
             nonce=msg.nonce,
@@ -103,7 +154,11 @@ class Absorber:
         )
         device = self._update_spec(device, msg)
         self._count("announce", "accepted")
-        return self._patch(device, **repin, **self._facts(msg))
+        device = self._patch(device, **repin, **self._facts(msg))
+        if "rekey_handled" in repin:
+            # Recorded once the new keys are pinned, not when they were merely offered.
+            self._events.normal(device, "Rekeyed", f"new keys pinned: {repin['key_fingerprint']}")
+        return Absorbed(device, accepted=True)
 
     def _create(self, msg: Announce) -> EdgeDevice:
         spec: dict[str, Any] = {
@@ -183,7 +238,7 @@ class Absorber:
 
     def _ack(self, device: EdgeDevice, msg: Ack, *, sign_key: str) -> EdgeDevice:
         verify_message(msg, sign_key)
-        self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+        self._admit(msg.device_id, ts=msg.ts, nonce=msg.nonce)
         self._count("ack", msg.result)
         status = device.status
         changes: dict[str, Any] = {"last_seen": self._now()}
@@ -192,6 +247,9 @@ class Absorber:
             and status.acked_generation < msg.generation <= status.generation
         ):
             changes["acked_generation"] = msg.generation
+            if msg.generation == status.generation:
+                # The token the device now holds: what TokenExpiring watches.
+                changes["acked_token_expires_at"] = status.token_expires_at
         if msg.result == "failed":
             detail = msg.detail or "no detail given"
             self._events.warning(device, "BundleFailed", f"generation {msg.generation}: {detail}")
@@ -214,7 +272,7 @@ class Absorber:
         verify_message(msg, sign_key)
         if msg.ts is None or msg.nonce is None:  # the model refuses this; mypy cannot know
             raise BadSignature("online status without ts or nonce")
-        self._replay.check(msg.device_id, ts=msg.ts, nonce=msg.nonce)
+        self._admit(msg.device_id, ts=msg.ts, nonce=msg.nonce)
         self._count("status", "online")
         return self._patch(
             device,

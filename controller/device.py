@@ -80,6 +80,7 @@ class DeviceStatus(_Camel):
     bundle_hash: str | None = None
     token_issued_at: datetime | None = None
     token_expires_at: datetime | None = None
+    acked_token_expires_at: datetime | None = None
     rotation_handled: str | None = None
     rekey_handled: str | None = None
     conditions: tuple[Condition, ...] = ()

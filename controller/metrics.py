@@ -40,7 +40,21 @@ class ControllerMetrics:
         self.api_errors = Counter(
             "pimesh_api_errors", "Kubernetes API errors, by status.", ["status"], registry=r
         )
-        self.bundles = Counter("pimesh_bundles_issued", "Bundle generations issued.", registry=r)
+        self.bundles = Counter(
+            "pimesh_bundles_issued", "Bundle generations issued, by why.", ["why"], registry=r
+        )
+        self.soonest_expiry = Gauge(
+            "pimesh_token_soonest_expiry_seconds",
+            "Seconds until the soonest token expiry in the fleet (negative: expired).",
+            registry=r,
+        )
+        self.at_risk = Gauge(
+            "pimesh_devices_at_risk",
+            "Enrolled devices whose token expires within a quarter of the TTL without a newer "
+            "one acked.",
+            registry=r,
+        )
+        self.rotation_runs = Counter("pimesh_rotation_runs", "Rotation runs started.", registry=r)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ from controller.kube import (
 from controller.meshconfig import MeshInputs
 from controller.metrics import ControllerMetrics
 from controller.resources import DeviceView, PortSpec
+from controller.rotation import token_at_risk
 from controller.settings import ControllerSettings
 from shared.canonical import canonical_json
 from shared.crypto import ReplayGuard
@@ -94,6 +96,8 @@ class Reconciler:
         metrics: ControllerMetrics,
         now: Callable[[], datetime],
         replay: ReplayGuard | None = None,
+        rotation_due: Callable[[datetime | None], bool] = lambda _issued: False,
+        token_permit: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._kube = kube
         self._settings = settings
@@ -116,7 +120,9 @@ class Reconciler:
         self._lock = threading.Lock()
         self._applied: dict[tuple[str, str], str] = {}
         self._told: dict[str, tuple[str, str]] = {}
-        self._published: dict[str, int] = {}
+        self._rotation_due = rotation_due
+        self._token_permit = token_permit
+        self._spent_tokens: dict[str, str] = {}
         self._namespace_ready = False
 
     def reconcile(self, device_id: str) -> Result:
@@ -126,13 +132,17 @@ class Reconciler:
         messages = self._inbox.take(device_id)
         for index, message in enumerate(messages):
             try:
-                device = self._absorber.absorb(device, message)
-                if isinstance(message, Announce) and device is not None:
+                absorbed = self._absorber.absorb(device, message)
+                device = absorbed.device
+                # Only an announce that passed every check may spend a join token: a
+                # replay or an impostor's key must not admit (or reject) the device.
+                if absorbed.accepted and isinstance(message, Announce) and device is not None:
                     device = self._admit_by_join_token(device, message)
             except Exception:
                 for rest in messages[index:]:
                     self._inbox.put(device_id, rest)  # retried with the key
                 raise
+            self._absorber.done(message)
         if device is None:
             return Result()
         return self._converge(device)
@@ -160,9 +170,43 @@ class Reconciler:
         why = self._why_new_bundle(device, digest)
         if why is not None:
             device = self._issue(device, parts, digest=digest, why=why)
+        device = self._watch_expiry(device)
         generation = device.status.generation
         self._tell(device, "Enrolled", f"bundle generation {generation} published")
-        return Result(requeue_after_s=self._seconds_to_half_life(device))
+        return Result(requeue_after_s=self._next_check_s(device))
+
+    def _watch_expiry(self, device: EdgeDevice) -> EdgeDevice:
+        """`TokenExpiring` while the token the device holds expires within a quarter TTL."""
+        at_risk = token_at_risk(device.status, now=self._now(), ttl_s=self._settings.token_ttl)
+        current = device.status.condition("TokenExpiring")
+        if at_risk == (current is not None and current.status == "True"):
+            return device
+        expiry = device.status.acked_token_expires_at
+        message = (
+            f"the token the device holds expires at {expiry:%Y-%m-%dT%H:%M:%SZ} and it has "
+            "not acked a newer one"
+            if at_risk and expiry
+            else "the device holds a current token"
+        )
+        conditions = set_condition(
+            device.status.conditions,
+            "TokenExpiring",
+            "True" if at_risk else "False",
+            "Expiring" if at_risk else "Current",
+            message,
+            now=self._now(),
+        )
+        if at_risk:
+            self.events.warning(device, "TokenExpiring", message)
+        return self._set_status(device, conditions=conditions)
+
+    def _next_check_s(self, device: EdgeDevice) -> float:
+        """Come back at the token's half-life, or sooner to re-check an unacked bundle."""
+        half_life = self._seconds_to_half_life(device)
+        status = device.status
+        if status.acked_generation < status.generation and status.online:
+            return min(half_life, float(self._settings.ack_timeout) + 1)
+        return half_life
 
     def _hold(self, device: EdgeDevice) -> Result:
         if device.status.phase == "Rejected" and device.status.reason:
@@ -187,16 +231,35 @@ class Reconciler:
     def _admit_by_join_token(self, device: EdgeDevice, msg: Announce) -> EdgeDevice:
         if msg.join_token is None or device.spec.approved or device.spec.revoked:
             return device
-        verdict = consume_join_token(
-            self._kube,
-            namespace=self._ns,
-            device_id=device.name,
-            token=msg.join_token.get_secret_value(),
-            now=self._now(),
-        )
-        if verdict.admitted:
-            return self._approve(device, reason=verdict.reason)
-        return self._set_status(device, phase="Rejected", reason=verdict.reason)
+        with self._lock:
+            # A token spent by an earlier try whose approval failed: it is gone now, so
+            # asking again would reject the device it admitted.
+            reason = self._spent_tokens.get(device.uid)
+        if reason is None:
+            verdict = consume_join_token(
+                self._kube,
+                namespace=self._ns,
+                device_id=device.name,
+                token=msg.join_token.get_secret_value(),
+                now=self._now(),
+            )
+            if not verdict.admitted:
+                return self._reject(device, verdict.reason)
+            reason = verdict.reason
+            with self._lock:
+                self._spent_tokens[device.uid] = reason
+        device = self._approve(device, reason=reason)
+        with self._lock:
+            self._spent_tokens.pop(device.uid, None)
+        return device
+
+    def _reject(self, device: EdgeDevice, reason: str) -> EdgeDevice:
+        if (device.status.phase, device.status.reason) == ("Rejected", reason):
+            return device
+        device = self._set_status(device, phase="Rejected", reason=reason)
+        # `_tell` records phase changes, but this one is already in status when it runs.
+        self.events.warning(device, "Rejected", reason)
+        return device
 
     def _revoke(self, device: EdgeDevice) -> Result:
         if device.status.phase != "Revoked":
@@ -206,7 +269,6 @@ class Reconciler:
             self._publisher.clear_bundle(device.name)
             with self._lock:
                 self._applied = {k: v for k, v in self._applied.items() if k[1] != device.name}
-                self._published.pop(device.name, None)
         reason = "revoked by an operator: it gets no credentials until spec.revoked is unset"
         self._tell(device, "Revoked", reason)
         return Result()
@@ -234,7 +296,11 @@ class Reconciler:
         self._apply_once(resources.workload_entry(view, self._ns))
         contribution = repr((view.app, view.uid, view.ports))
         if self._remember(("contribution", device.name), contribution):
-            self._apply_shared(view.app)
+            try:
+                self._apply_shared(view.app)
+            except Exception:
+                self._forget("contribution", device.name)  # or the retry would skip it
+                raise
 
     def _apply_shared(self, app: str | None, *, exclude: str | None = None) -> None:
         """Re-render the app's WorkloadGroup and Service from every member's EdgeDevice."""
@@ -326,13 +392,30 @@ class Reconciler:
             return "mesh inputs, address or keys changed"
         if device.rotation_requested:
             return "rotation requested"
+        if self._rotation_due(status.token_issued_at):
+            return "fleet rotation run"
         if self._seconds_to_half_life(device) <= 0:
             return "token past half of its life"
-        with self._lock:
-            published = self._published.get(device.name)
-        if status.acked_generation < status.generation and published != status.generation:
-            return "unacked generation from before a restart"
+        if self._unacked_too_long(device):
+            return "an online device never acked the last generation"
         return None
+
+    def _unacked_too_long(self, device: EdgeDevice) -> bool:
+        """The last bundle may be lost (a controller killed between recording and publishing).
+
+        Only for an online device that said nothing about the generation for a while: an
+        offline one gets the retained bundle on reconnect, and one that acked `failed`
+        needs an operator, not another token.
+        """
+        status = device.status
+        if status.acked_generation >= status.generation or not status.online:
+            return False
+        applied = status.condition("BundleApplied")
+        if applied and applied.message.startswith(f"generation {status.generation}"):
+            return False
+        issued = status.token_issued_at
+        waited = (self._now() - issued).total_seconds() if issued else float("inf")
+        return waited > self._settings.ack_timeout
 
     def _seconds_to_half_life(self, device: EdgeDevice) -> float:
         issued, expires = device.status.token_issued_at, device.status.token_expires_at
@@ -342,9 +425,13 @@ class Reconciler:
         return max(0.0, (half_life - self._now()).total_seconds())
 
     def _issue(self, device: EdgeDevice, parts: MeshParts, *, digest: str, why: str) -> EdgeDevice:
-        token, expires = self._kube.request_token(
-            device.name, namespace=self._ns, audience=TOKEN_AUDIENCE, ttl_s=self._settings.token_ttl
-        )
+        with self._token_permit():  # paced: a rotation wave must not flood the API server
+            token, expires = self._kube.request_token(
+                device.name,
+                namespace=self._ns,
+                audience=TOKEN_AUDIENCE,
+                ttl_s=self._settings.token_ttl,
+            )
         issued = IssuedToken(SecretStr(token), issued_at=self._now(), expires_at=parse_ts(expires))
         generation = device.status.generation + 1
         changes: dict[str, Any] = {
@@ -369,9 +456,7 @@ class Reconciler:
         self._publisher.publish_bundle(
             Bundle(device_id=device.name, ts=self._now(), generation=generation, sealed=sealed)
         )
-        with self._lock:
-            self._published[device.name] = generation
-        self._metrics.bundles.inc()
+        self._metrics.bundles.labels(why=why).inc()
         log.info(
             "bundle issued", extra={"device": device.name, "generation": generation, "why": why}
         )

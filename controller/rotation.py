@@ -28,6 +28,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from controller.device import DeviceStatus
 from controller.settings import ControllerSettings
 from controller.workqueue import WorkQueue
 
@@ -88,6 +89,26 @@ def _max_cron_gap_s(trigger: BaseTrigger, start: datetime) -> float:
         gap = max(gap, (following - previous).total_seconds())
         previous, fires = following, fires + 1
     return gap
+
+
+def token_at_risk(status: DeviceStatus, *, now: datetime, ttl_s: int) -> bool:
+    """The token the device holds (its last acked one) expires within a quarter TTL."""
+    held = status.acked_token_expires_at
+    return (
+        status.acked_generation > 0
+        and held is not None
+        and held - now < timedelta(seconds=ttl_s / 4)
+    )
+
+
+def fleet_expiry(
+    statuses: list[DeviceStatus], *, now: datetime, ttl_s: int
+) -> tuple[float | None, int]:
+    """Seconds until the soonest held token expires (None: no tokens), and devices at risk."""
+    held = [s.acked_token_expires_at for s in statuses if s.acked_token_expires_at is not None]
+    soonest = min(held, default=None)
+    at_risk = sum(token_at_risk(s, now=now, ttl_s=ttl_s) for s in statuses)
+    return (None if soonest is None else (soonest - now).total_seconds()), at_risk
 
 
 class Rotation:

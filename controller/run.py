@@ -14,17 +14,21 @@ from collections.abc import Callable
 from datetime import datetime
 
 from controller.cluster import ISTIO_NAMESPACE, ROOT_CERT_CONFIGMAP, ClusterSource
+from controller.device import EdgeDevice
 from controller.errors import ApiError, ControllerError, PermanentError, TooManyRequests, Waiting
 from controller.identity import load_or_create_key
 from controller.inbox import Inbox
 from controller.intake import Intake
 from controller.kube import EDGE_DEVICES, Kube, load_api_client
+from controller.leader import LeaderElector
 from controller.meshconfig import mesh_configmap_name
 from controller.metrics import ControllerMetrics, HealthServer
-from controller.mqtt import ControllerLink
+from controller.mqtt import ControllerLink, default_client_id
 from controller.policy import PolicySync
+from controller.ratelimit import RateLimiter
 from controller.reconciler import Reconciler
 from controller.resources import namespace as namespace_manifest
+from controller.rotation import Rotation, build_schedule, fleet_expiry
 from controller.settings import ControllerSettings
 from controller.sources import ConfigWatch, DeviceWatch
 from controller.workqueue import ShutDown, WorkQueue
@@ -56,6 +60,10 @@ class Controller:
         self._now = now
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
+        # Device id -> monotonic time before which the API asked us not to come back
+        # (429 Retry-After); an add from a watch event must not cut that short.
+        self._not_before: dict[str, float] = {}
+        self._not_before_lock = threading.Lock()
         self.cluster = ClusterSource(self.kube, settings)
         self.link: ControllerLink | None = None
         self.reconciler: Reconciler | None = None
@@ -63,6 +71,23 @@ class Controller:
         self._watches: list[DeviceWatch | ConfigWatch] = []
         self.policies = PolicySync(
             self.kube, namespace=settings.namespace, path=settings.policy_file
+        )
+        self.token_pace = RateLimiter(
+            rate_per_s=settings.rotation_rate, concurrency=settings.rotation_concurrency
+        )
+        self.rotation = Rotation(
+            build_schedule(settings),
+            queue=self.queue,
+            enrolled=self._start_rotation_run,
+            rate_per_s=settings.rotation_rate,
+            now=now,
+        )
+        self.leader = LeaderElector(
+            self.kube,
+            namespace=settings.namespace,
+            identity=client_id or default_client_id(),
+            on_started_leading=self.rotation.start,
+            on_stopped_leading=self.rotation.stop,
         )
 
     def start(self) -> None:
@@ -87,6 +112,8 @@ class Controller:
             cluster=self.cluster,
             metrics=self.metrics,
             now=self._now,
+            rotation_due=self.rotation.is_due,
+            token_permit=self.token_pace.permit,
         )
         self.policies.start()
         self._start_watches()
@@ -96,6 +123,12 @@ class Controller:
             self._workers.append(worker)
         self._start_health()
         self.link.start()
+        # Every replica reconciles; only the leader runs the rotation schedule.
+        self.leader.start()
+
+    def is_leader(self) -> bool:
+        """This replica holds the Lease (and runs the rotation schedule)."""
+        return self.leader.is_leader
 
     def ready(self) -> bool:
         """Connected to the broker and the first list of devices is done."""
@@ -108,6 +141,8 @@ class Controller:
     def stop(self) -> None:
         """Say offline, stop taking work and let the workers finish."""
         self._stopping.set()
+        self.leader.stop()  # releases the Lease: a standby takes over at once
+        self.rotation.stop()
         if self.link is not None:
             self.link.stop()
         for watch in self._watches:
@@ -145,6 +180,23 @@ class Controller:
         for watch in self._watches:
             watch.start()
 
+    def _start_rotation_run(self) -> list[str]:
+        """The devices a rotation run renews; also refreshes the fleet's expiry gauges."""
+        try:
+            objs, _ = self.kube.list(EDGE_DEVICES, namespace=self.settings.namespace)
+        except ControllerError:
+            return []
+        devices = [EdgeDevice.from_api(o) for o in objs]
+        enrolled = [d for d in devices if d.spec.approved and not d.spec.revoked]
+        soonest, at_risk = fleet_expiry(
+            [d.status for d in enrolled], now=self._now(), ttl_s=self.settings.token_ttl
+        )
+        if soonest is not None:
+            self.metrics.soonest_expiry.set(soonest)
+        self.metrics.at_risk.set(at_risk)
+        self.metrics.rotation_runs.inc()
+        return [d.name for d in enrolled if d.status.generation > 0]
+
     def _known_devices(self) -> list[str]:
         try:
             objs, _ = self.kube.list(EDGE_DEVICES, namespace=self.settings.namespace)
@@ -171,9 +223,25 @@ class Controller:
                 continue
             self.metrics.queue_depth.set(len(self.queue))
             try:
-                self._reconcile_one(key)
+                held = self._held_for(key)
+                if held > 0:
+                    self.queue.add_after(key, held)
+                else:
+                    self._reconcile_one(key)
             finally:
                 self.queue.done(key)
+
+    def _held_for(self, key: str) -> float:
+        """Seconds left of the wait a 429's Retry-After imposed on `key` (0: none)."""
+        with self._not_before_lock:
+            until = self._not_before.get(key)
+            if until is None:
+                return 0.0
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                del self._not_before[key]
+                return 0.0
+            return remaining
 
     def _reconcile_one(self, key: str) -> None:
         assert self.reconciler is not None  # noqa: S101
@@ -186,6 +254,8 @@ class Controller:
         except TooManyRequests as exc:
             self.metrics.api_errors.labels(status="429").inc()
             if exc.retry_after_s is not None:
+                with self._not_before_lock:
+                    self._not_before[key] = time.monotonic() + exc.retry_after_s
                 self.queue.add_after(key, exc.retry_after_s)
             else:
                 self.queue.add_rate_limited(key)

@@ -47,6 +47,11 @@ class ControllerSettings(BaseSettings):
     rotation_rate: float = Field(
         default=20.0, gt=0, le=10_000, description="TokenRequests per second, at most."
     )
+    ack_timeout: int = Field(
+        default=60,
+        ge=1,
+        description="Seconds an online device may leave a bundle unacked before a new one.",
+    )
     rotation_concurrency: int = Field(
         default=4, ge=1, le=256, description="TokenRequests in flight, at most."
     )

@@ -5,9 +5,7 @@ production; the device is `tests.support.thirdparty`, which shares no code with 
 """
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, cast
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -15,66 +13,23 @@ from kubernetes import client
 from sandbox.broker import Mosquitto
 from sandbox.kubeapi import KubeApiServer
 from tests.harness.controller import ISTIOD_IP, ControllerFactory, Mesh
+from tests.harness.devices import (
+    DeviceFactory,
+    approve,
+    counter,
+    devices_on,
+    get_device,
+    get_istio,
+    wait_until,
+)
 from tests.support.schemas import validate_manifest
-from tests.support.thirdparty import ThirdPartyDevice
 
 pytestmark = pytest.mark.timeout(60)
-
-DeviceFactory = Callable[..., ThirdPartyDevice]
 
 
 @pytest.fixture
 def device_factory(broker: Mosquitto, prefix: str) -> Iterator[DeviceFactory]:
-    made: list[ThirdPartyDevice] = []
-
-    def make(device_id: str | None = None, **kw: Any) -> ThirdPartyDevice:
-        device_id = device_id or f"pi-{uuid.uuid4().hex[:8]}"
-        password = broker.add_user(device_id)
-        info = broker.info
-        dev = ThirdPartyDevice(
-            device_id, host=info.host, port=info.port, password=password, prefix=prefix, **kw
-        )
-        made.append(dev)
-        return dev
-
-    yield make
-    for dev in made:
-        dev.close()
-
-
-def custom(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
-def get_istio(mesh: Mesh, plural: str, name: str) -> dict[str, Any]:
-    obj = custom(mesh.api).get_namespaced_custom_object(
-        "networking.istio.io", "v1", mesh.namespace, plural, name
-    )
-    return cast(dict[str, Any], obj)
-
-
-def get_device(mesh: Mesh, name: str) -> dict[str, Any]:
-    obj = custom(mesh.api).get_namespaced_custom_object(
-        "pimesh.io", "v1alpha1", mesh.namespace, "edgedevices", name
-    )
-    return cast(dict[str, Any], obj)
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def approve(mesh: Mesh, name: str) -> None:
-    custom(mesh.api).patch_namespaced_custom_object(
-        "pimesh.io", "v1alpha1", mesh.namespace, "edgedevices", name, {"spec": {"approved": True}}
-    )
+    yield from devices_on(broker, prefix)
 
 
 def test_pending_then_approved_then_enrolled(
@@ -257,18 +212,9 @@ def test_bad_signature_and_replay_get_no_answer(
     dev.publish("announce", msg)  # exact replay
     dev.publish("announce", b"not json")
     wait_until(
-        lambda: _counter(ctl, "bad_signature") >= 1 and _counter(ctl, "invalid") >= 1,
+        lambda: counter(ctl, "bad_signature") >= 1 and counter(ctl, "invalid") >= 1,
         what="drops counted",
     )
-    wait_until(lambda: _counter(ctl, "rejected") >= 1, what="replay refused")
+    wait_until(lambda: counter(ctl, "rejected") >= 1, what="replay refused")
     assert len(dev.received["enrollment"]) == count
     assert get_device(mesh, dev.device_id)["status"]["hostname"] == dev.device_id
-
-
-def _counter(ctl: Any, outcome: str) -> float:
-    total = 0.0
-    for metric in ctl.metrics.messages.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("outcome") == outcome:
-                total += sample.value
-    return total
