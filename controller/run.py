@@ -60,10 +60,6 @@ class Controller:
         self._now = now
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
-        # Device id -> monotonic time before which the API asked us not to come back
-        # (429 Retry-After); an add from a watch event must not cut that short.
-        self._not_before: dict[str, float] = {}
-        self._not_before_lock = threading.Lock()
         self.cluster = ClusterSource(self.kube, settings)
         self.link: ControllerLink | None = None
         self.reconciler: Reconciler | None = None
@@ -223,25 +219,9 @@ class Controller:
                 continue
             self.metrics.queue_depth.set(len(self.queue))
             try:
-                held = self._held_for(key)
-                if held > 0:
-                    self.queue.add_after(key, held)
-                else:
-                    self._reconcile_one(key)
+                self._reconcile_one(key)
             finally:
                 self.queue.done(key)
-
-    def _held_for(self, key: str) -> float:
-        """Seconds left of the wait a 429's Retry-After imposed on `key` (0: none)."""
-        with self._not_before_lock:
-            until = self._not_before.get(key)
-            if until is None:
-                return 0.0
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                del self._not_before[key]
-                return 0.0
-            return remaining
 
     def _reconcile_one(self, key: str) -> None:
         assert self.reconciler is not None  # noqa: S101
@@ -254,9 +234,7 @@ class Controller:
         except TooManyRequests as exc:
             self.metrics.api_errors.labels(status="429").inc()
             if exc.retry_after_s is not None:
-                with self._not_before_lock:
-                    self._not_before[key] = time.monotonic() + exc.retry_after_s
-                self.queue.add_after(key, exc.retry_after_s)
+                self.queue.hold(key, exc.retry_after_s)
             else:
                 self.queue.add_rate_limited(key)
         except PermanentError as exc:

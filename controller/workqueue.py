@@ -9,7 +9,9 @@ guarantees what makes level-triggered reconciliation safe:
   is handed out exactly once more after `done`;
 - failures back off per key (`add_rate_limited`, exponential, capped) until `forget`;
 - `add_after` delays a key (a requeue the reconciler asked for), keeping the earliest
-  deadline when added twice.
+  deadline when added twice;
+- `hold` keeps a key back until a deadline whatever adds it meanwhile: the API server's
+  Retry-After must not be cut short by a watch event about the same device.
 
 Time comes from an injectable clock so tests never sleep; a test that moves a fake clock
 calls `wake()` so a blocked `get` re-reads it.
@@ -54,6 +56,7 @@ class WorkQueue(Generic[K]):
         self._deadline: dict[K, float] = {}
         self._seq = itertools.count()
         self._failures: dict[K, int] = {}
+        self._not_before: dict[K, float] = {}
         self._shutdown = False
 
     def add(self, key: K) -> None:
@@ -67,14 +70,16 @@ class WorkQueue(Generic[K]):
             self.add(key)
             return
         with self._cond:
-            if self._shutdown:
-                return
+            if not self._shutdown:
+                self._schedule_locked(key, self._clock() + delay_s)
+
+    def hold(self, key: K, delay_s: float) -> None:
+        """Hand `key` out no sooner than `delay_s` from now, however often it is added."""
+        with self._cond:
             at = self._clock() + delay_s
-            if self._deadline.get(key, float("inf")) <= at:
-                return
-            self._deadline[key] = at
-            heapq.heappush(self._delayed, (at, next(self._seq), key))
-            self._cond.notify()
+            self._not_before[key] = at
+            if not self._shutdown:
+                self._schedule_locked(key, at)
 
     def add_rate_limited(self, key: K) -> float:
         """Queue `key` after its next backoff delay; returns that delay in seconds."""
@@ -124,8 +129,8 @@ class WorkQueue(Generic[K]):
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:
-                self._ready.append(key)
-                self._cond.notify()
+                self._dirty.discard(key)
+                self._add_locked(key)  # honours a hold set while it was being handled
 
     def wake(self) -> None:
         """Make blocked `get` calls re-read the clock (after a fake clock moved)."""
@@ -148,9 +153,22 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._ready) + len(self._deadline) + len(self._processing)
 
+    def _schedule_locked(self, key: K, at: float) -> None:
+        if self._deadline.get(key, float("inf")) <= at:
+            return
+        self._deadline[key] = at
+        heapq.heappush(self._delayed, (at, next(self._seq), key))
+        self._cond.notify()
+
     def _add_locked(self, key: K) -> None:
         if self._shutdown or key in self._dirty:
             return
+        not_before = self._not_before.get(key)
+        if not_before is not None:
+            if not_before > self._clock():
+                self._schedule_locked(key, not_before)
+                return
+            del self._not_before[key]
         self._dirty.add(key)
         self._deadline.pop(key, None)
         if key not in self._processing:

@@ -171,3 +171,30 @@ def test_concurrent_workers_never_overlap_on_a_key() -> None:
     assert overlaps == []
     assert set(handled) == set(range(10))
     assert q.pending() == 0
+
+
+def test_hold_is_not_cut_short_by_adds() -> None:
+    q, clock = make()
+    q.hold("a", 30)
+    q.add("a")  # e.g. a watch event about the same device
+    assert q.get(timeout=0) is None
+    clock.now += 29
+    q.add("a")
+    assert q.get(timeout=0) is None
+    clock.now += 2
+    assert q.get(timeout=0) == "a"
+    q.done("a")
+    q.add("a")
+    assert q.get(timeout=0) == "a", "the hold ends with its deadline"
+
+
+def test_hold_set_while_handling_survives_an_add_during_handling() -> None:
+    q, clock = make()
+    q.add("a")
+    assert q.get(timeout=0) == "a"
+    q.add("a")  # a watch event while the worker runs
+    q.hold("a", 5)  # the worker got a 429 with Retry-After: 5
+    q.done("a")
+    assert q.get(timeout=0) is None
+    clock.now += 5
+    assert q.get(timeout=0) == "a"
