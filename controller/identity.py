@@ -31,7 +31,7 @@ def load_or_create_key(kube: Kube, *, namespace: str) -> ControllerKey:
         except Conflict:
             secret = kube.get(SECRETS, SECRET_NAME, namespace=namespace)
         else:
-            log.info("created controller key", extra={"secret": SECRET_NAME})
+            log.info("created controller key", extra={"object": f"Secret/{SECRET_NAME}"})
             return key
     return _key_from(secret)
 
