@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from tests.support.cleanup import release
+
 SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
 
 
@@ -93,6 +95,7 @@ class ThirdPartyDevice:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+        release(self.client)
 
     def kill(self) -> None:
         """Vanish without DISCONNECT: the broker publishes the last will."""
@@ -100,6 +103,7 @@ class ThirdPartyDevice:
         sock = self.client.socket()
         if sock is not None:
             sock.close()
+        release(self.client)
 
     # sending --------------------------------------------------------------------------
 
