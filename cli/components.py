@@ -80,6 +80,9 @@ def controller_run(
     policy_file: Annotated[Path | None, _c("policy_file")] = None,
     metrics_port: Annotated[int | None, _c("metrics_port")] = None,
     workers: Annotated[int | None, _c("workers")] = None,
+    rotation_rate: Annotated[float | None, _c("rotation_rate")] = None,
+    rotation_concurrency: Annotated[int | None, _c("rotation_concurrency")] = None,
+    ack_timeout: Annotated[int | None, _c("ack_timeout")] = None,
     broker: Broker = None,
     username: Username = None,
     password: Password = None,
@@ -107,6 +110,9 @@ def controller_run(
             policy_file=policy_file,
             metrics_port=metrics_port,
             workers=workers,
+            rotation_rate=rotation_rate,
+            rotation_concurrency=rotation_concurrency,
+            ack_timeout=ack_timeout,
         )
         mqtt = mqtt_settings(
             broker=broker,

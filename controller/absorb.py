@@ -274,13 +274,21 @@ class Absorber:
             raise BadSignature("online status without ts or nonce")
         self._admit(msg.device_id, ts=msg.ts, nonce=msg.nonce)
         self._count("status", "online")
-        return self._patch(
-            device,
-            online=True,
-            last_seen=self._now(),
-            ztunnel=msg.ztunnel,
-            agent_version=msg.agent_version,
-        )
+        changes: dict[str, Any] = {
+            "online": True,
+            "last_seen": self._now(),
+            "ztunnel": msg.ztunnel,
+            "agent_version": msg.agent_version,
+        }
+        status = device.status
+        installed = msg.generation or 0
+        if status.acked_generation < installed <= status.generation:
+            # The signed status names the generation the device runs: as good as its ack,
+            # and it recovers an ack the broker dropped.
+            changes["acked_generation"] = installed
+            if installed == status.generation:
+                changes["acked_token_expires_at"] = status.token_expires_at
+        return self._patch(device, **changes)
 
     # plumbing --------------------------------------------------------------------------
 

@@ -218,3 +218,22 @@ def test_bad_signature_and_replay_get_no_answer(
     wait_until(lambda: counter(ctl, "rejected") >= 1, what="replay refused")
     assert len(dev.received["enrollment"]) == count
     assert get_device(mesh, dev.device_id)["status"]["hostname"] == dev.device_id
+
+
+def test_the_generation_in_a_signed_status_counts_as_its_ack(
+    controller_factory: ControllerFactory, device_factory: DeviceFactory, mesh: Mesh
+) -> None:
+    """An ack the broker dropped must not leave the device unacked for good."""
+    controller_factory(auto_approve=["*"])
+    dev = device_factory()
+    dev.controller_key()
+    dev.announce()
+    dev.wait_for("bundle", lambda m: m["generation"] == 1)
+    assert get_device(mesh, dev.device_id)["status"].get("ackedGeneration", 0) == 0
+    dev.online(generation=1)  # no ack: only the status naming the installed generation
+    wait_until(
+        lambda: get_device(mesh, dev.device_id)["status"].get("ackedGeneration") == 1,
+        what="generation 1 acked through the status",
+    )
+    status = get_device(mesh, dev.device_id)["status"]
+    assert status["ackedTokenExpiresAt"] == status["tokenExpiresAt"]
