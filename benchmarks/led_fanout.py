@@ -336,6 +336,7 @@ def _ratios(pimesh: dict[str, float | int], baseline: dict[str, float | int]) ->
 def machine() -> dict[str, object]:
     """Where the figures came from."""
     return {
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -343,6 +344,18 @@ def machine() -> dict[str, object]:
         "machine": platform.machine(),
         "paho_mqtt": version("paho-mqtt"),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def run(plan: Plan, *, console: Console) -> dict[str, Any]:
