@@ -29,9 +29,10 @@ from controller.kube import EDGE_DEVICES, Kube
 from controller.metrics import ControllerMetrics
 from controller.resources import MANAGED_BY
 from controller.settings import ControllerSettings
-from shared.crypto import ReplayGuard, fingerprint, load_sign_public
+from shared.crypto import fingerprint, load_sign_public
 from shared.errors import BadSignature, CryptoError, ReplayedMessage
 from shared.messages import Ack, Announce, Enrollment, Status
+from shared.replay import ReplayGuard
 from shared.signing import verify_message
 
 log = logging.getLogger(__name__)

@@ -54,8 +54,8 @@ from controller.resources import DeviceView, PortSpec
 from controller.rotation import token_at_risk
 from controller.settings import ControllerSettings
 from shared.canonical import canonical_json
-from shared.crypto import ReplayGuard
 from shared.messages import Announce, Bundle, Enrollment, parse_ts
+from shared.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
 

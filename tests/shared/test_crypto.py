@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from shared import crypto
 from shared.canonical import canonical_json
-from shared.crypto import ControllerKey, DeviceKeys, ReplayGuard
+from shared.crypto import ControllerKey, DeviceKeys
 from shared.errors import (
     BadSignature,
     InvalidMessage,
@@ -27,6 +27,7 @@ from shared.errors import (
     ReplayedMessage,
     SealError,
 )
+from shared.replay import ReplayGuard
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 
