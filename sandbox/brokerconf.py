@@ -210,9 +210,11 @@ def render_config(cfg: BrokerConfig) -> str:
         lines.append("log_dest stdout")
     # A controller's session takes every device's QoS 1 messages; Mosquitto's default
     # queue of 1,000 per client drops announces when a site's fleet boots at once
-    # (measured: 30 % of a 1,000-device boot storm). Bound the queue by memory instead.
+    # (measured: 30 % of a 1,000-device boot storm). Raise it and bound it by memory.
+    # Not 0 ("unlimited"): Mosquitto 2.0.11 then drops a client's connection right after
+    # refusing one of its QoS 1 publishes with 0x87 (eclipse/mosquitto#2879).
     lines += [
-        "max_queued_messages 0",
+        "max_queued_messages 200000",
         "max_queued_bytes 268435456",
         "max_inflight_messages 100",
     ]

@@ -164,6 +164,11 @@ class MqttLink:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            # paho closes its socket and its loop's wake-up socket pair only in __del__,
+            # which for a client in a reference cycle runs whenever the collector gets to
+            # it ("unclosed socket"); there is no public close, so release them now.
+            self._client._reset_sockets()
 
     def _make_client(self, client_id: str, will: Outgoing | None) -> paho.Client:
         client = new_client(self._settings, client_id=client_id, persistent=self._persistent)

@@ -30,10 +30,12 @@ class Devices:
         self._broker = broker
         self._prefix = prefix
         self.made: list[ThirdPartyDevice] = []
+        self.passwords: dict[str, str] = {}
 
     def __call__(self, device_id: str | None = None, **kw: Any) -> ThirdPartyDevice:
         device_id = device_id or f"pi-{uuid.uuid4().hex[:8]}"
         password = self._broker.add_user(device_id)
+        self.passwords[device_id] = password
         info = self._broker.info
         dev = ThirdPartyDevice(
             device_id, host=info.host, port=info.port, password=password, prefix=self._prefix, **kw
@@ -46,7 +48,7 @@ class Devices:
             dev.close()
 
 
-def devices_on(broker: Mosquitto, prefix: str) -> Iterator[DeviceFactory]:
+def devices_on(broker: Mosquitto, prefix: str) -> Iterator[Devices]:
     """Yield a `Devices` on `broker` and close its devices afterwards (a fixture body)."""
     devices = Devices(broker, prefix)
     try:
