@@ -97,6 +97,11 @@ class ControllerLink:
         """Remove a revoked device's retained bundle (an empty retained payload)."""
         self._link.publish(Outgoing(self.topics.bundle(device_id), b"", qos=1, retain=True))
 
+    def forget(self, device_id: str) -> None:
+        """Remove everything retained for a deleted device: bundle and enrollment."""
+        self.clear_bundle(device_id)
+        self._link.publish(Outgoing(self.topics.enrollment(device_id), b"", qos=1, retain=True))
+
     def _publish(self, topic: str, msg: MessageBase, *, retain: bool) -> None:
         signed = sign_message(msg, self._key.private_key)
         self._link.publish(Outgoing(topic, encode(signed), qos=1, retain=retain))

@@ -125,6 +125,16 @@ class Reconciler:
         self._spent_tokens: dict[str, str] = {}
         self._namespace_ready = False
 
+    def forget(self, device_id: str) -> None:
+        """Drop what this process remembers of a deleted device (PROTOCOL.md, step 4).
+
+        Its next announce starts over; without this, an unchanged phase or object would
+        count as already told or applied, and never reach the new device.
+        """
+        with self._lock:
+            self._told.pop(device_id, None)
+            self._applied = {k: v for k, v in self._applied.items() if k[1] != device_id}
+
     def reconcile(self, device_id: str) -> Result:
         """Absorb what the device said, then converge its objects, bundle and phase."""
         obj = self._kube.find(EDGE_DEVICES, device_id, namespace=self._ns)

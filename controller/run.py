@@ -159,7 +159,12 @@ class Controller:
 
         mesh_cm = mesh_configmap_name(self.settings.istio_revision)
         self._watches = [
-            DeviceWatch(self.kube, self.queue, namespace=self.settings.namespace),
+            DeviceWatch(
+                self.kube,
+                self.queue,
+                namespace=self.settings.namespace,
+                on_deleted=self._forget_device,
+            ),
             ConfigWatch(
                 self.kube,
                 namespace=self.settings.namespace,
@@ -192,6 +197,13 @@ class Controller:
         self.metrics.at_risk.set(at_risk)
         self.metrics.rotation_runs.inc()
         return [d.name for d in enrolled if d.status.generation > 0]
+
+    def _forget_device(self, device_id: str) -> None:
+        """An EdgeDevice was deleted: clear its retained messages and what we remember."""
+        if self.reconciler is not None:
+            self.reconciler.forget(device_id)
+        if self.link is not None:
+            self.link.forget(device_id)
 
     def _known_devices(self) -> list[str]:
         try:

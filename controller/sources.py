@@ -99,9 +99,17 @@ class _ListWatch:
 class DeviceWatch(_ListWatch):
     """Enqueues every EdgeDevice at each list and every changed one after."""
 
-    def __init__(self, kube: Kube, queue: WorkQueue[str], *, namespace: str) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        queue: WorkQueue[str],
+        *,
+        namespace: str,
+        on_deleted: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(kube, EDGE_DEVICES, namespace=namespace, name="watch-edgedevices")
         self._queue = queue
+        self._on_deleted = on_deleted
 
     def on_list(self, objects: Iterable[JsonObject]) -> None:
         """Reconcile the whole fleet: a (re)started controller trusts nothing it held."""
@@ -109,8 +117,11 @@ class DeviceWatch(_ListWatch):
             self._queue.add(obj["metadata"]["name"])
 
     def on_event(self, event: WatchEvent) -> None:
-        """Reconcile the device that changed."""
-        self._queue.add(event.object["metadata"]["name"])
+        """Reconcile the device that changed; forget one that was deleted."""
+        name = event.object["metadata"]["name"]
+        if event.type == "DELETED" and self._on_deleted is not None:
+            self._on_deleted(name)
+        self._queue.add(name)
 
 
 class ConfigWatch(_ListWatch):

@@ -310,6 +310,7 @@ def test_deleting_the_edgedevice_forgets_the_device(
     dev.wait_phase("Enrolled")
     old_uid = get_device(mesh, dev.device_id)["metadata"]["uid"]
 
+    cleared_before = dev.empty_bundles
     custom(mesh.api).delete_namespaced_custom_object(
         "pimesh.io", "v1alpha1", mesh.namespace, "edgedevices", dev.device_id
     )
@@ -319,6 +320,8 @@ def test_deleting_the_edgedevice_forgets_the_device(
         ),
         what="ServiceAccount collected with its EdgeDevice",
     )
+    # Forgotten entirely: its retained bundle is cleared too (an empty retained payload).
+    wait_until(lambda: dev.empty_bundles > cleared_before, what="retained bundle cleared")
     seen = len(dev.received["enrollment"])
     dev.announce()
     again = dev.wait_for(
