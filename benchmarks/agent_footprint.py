@@ -20,7 +20,6 @@ doing nothing else. Reported: each figure and the agent's ratios to both baselin
 """
 
 import argparse
-import json
 import math
 import shlex
 import subprocess
@@ -39,6 +38,7 @@ from rich.table import Table
 
 from benchmarks.boot_storm import Bench, bench_broker
 from benchmarks.led_fanout import machine
+from benchmarks.report import save
 from benchmarks.stack import (
     ROOT,
     Cluster,
@@ -275,9 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     report = run(plan, console=console)
     console.print(table(report["results"]))
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {plan.out}")
+    save(report, plan.out, console)
     return 0
 
 

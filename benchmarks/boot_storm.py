@@ -30,7 +30,6 @@ requests per device (and by kind), controller CPU and peak RSS.
 """
 
 import argparse
-import json
 import math
 import os
 import secrets
@@ -62,6 +61,7 @@ from benchmarks.lightdevice import (
     iter_latencies,
     raise_fd_limit,
 )
+from benchmarks.report import save
 from benchmarks.stack import (
     Cluster,
     ControllerProcess,
@@ -581,9 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     report = run(plan, console=console)
     console.print(table(report["results"]))
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {plan.out}")
+    save(report, plan.out, console)
     return 0
 
 

@@ -43,6 +43,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.report import save
 from device.agent import Agent
 from device.compose import build_agent
 from device.leds import Color, Frame, SimulatedStrip
@@ -440,9 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     report = run(plan, console=console)
     console.print(table(report["results"]))
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {plan.out}")
+    save(report, plan.out, console)
     return 0
 
 

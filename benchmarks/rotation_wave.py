@@ -21,7 +21,6 @@ fields; the achieved rate is compared with it (no such settings: reported unpace
 """
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from rich.table import Table
 
 from benchmarks.boot_storm import Bench, Storm, bench_broker, storm, wait_acked
 from benchmarks.led_fanout import machine, percentile
+from benchmarks.report import save
 from benchmarks.stack import ROOT, clean_env, controller_flags, request_kinds
 from controller.settings import ControllerSettings
 
@@ -272,9 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     report = run(plan, console=console)
     console.print(table(report["results"]))
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {plan.out}")
+    save(report, plan.out, console)
     return 0
 
 

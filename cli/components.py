@@ -9,7 +9,7 @@ agent publishes its own `offline` status before disconnecting.
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -59,6 +59,25 @@ def wait_for_signal() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+class Component(Protocol):
+    """Something that runs in the background between `start()` and `stop()`."""
+
+    def start(self) -> None:
+        """Start it."""
+
+    def stop(self) -> None:
+        """Stop it cleanly."""
+
+
+def serve(component: Component) -> None:
+    """Start `component`, run until SIGTERM or SIGINT, then stop it cleanly."""
+    component.start()
+    try:
+        wait_for_signal()
+    finally:
+        component.stop()
 
 
 def _log_format(value: str) -> LogFormat:
@@ -125,12 +144,7 @@ def controller_run(
             topic_prefix=topic_prefix,
         )
         configure(fmt=_log_format(log_format))
-        controller = Controller(settings, mqtt)
-        controller.start()
-        try:
-            wait_for_signal()
-        finally:
-            controller.stop()
+        serve(Controller(settings, mqtt))
 
 
 @agent_app.command("run")
@@ -193,9 +207,4 @@ def agent_run(
             topic_prefix=topic_prefix,
         )
         configure(fmt=_log_format(log_format))
-        agent = build_agent(settings, mqtt)
-        agent.start()
-        try:
-            wait_for_signal()
-        finally:
-            agent.stop()
+        serve(build_agent(settings, mqtt))
