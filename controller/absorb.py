@@ -8,9 +8,11 @@ which is kept in status so a restart does not reopen the window). A message that
 is dropped and counted; only a validly self-signed announce with another key earns an
 answer (`Rejected`, not retained: the real device's phase stays as it was).
 
-A message that passed the replay check but could not be applied (the API failed) is
-filed again by the reconciler and retried; it is remembered as admitted until the
-reconciler calls `done`, so the retry is not refused as a replay of itself.
+Status changes are made in memory (`EdgeDevice.with_status`): the reconciler writes
+everything one batch of messages taught it, with its own changes, as one status patch.
+A message whose changes were not written (the API failed) is filed again by the
+reconciler and retried; it is remembered as admitted until the reconciler calls `done`,
+so the retry is not refused as a replay of itself.
 """
 
 import logging
@@ -23,9 +25,10 @@ from typing import Any
 
 from controller.admission import matches_auto_approve
 from controller.conditions import set_condition
-from controller.device import APP_LABEL, DeviceKeys, DevicePort, EdgeDevice, status_patch
+from controller.device import APP_LABEL, DeviceKeys, DevicePort, EdgeDevice
+from controller.devicestore import DeviceStore
+from controller.errors import Conflict
 from controller.events import EventRecorder
-from controller.kube import EDGE_DEVICES, Kube
 from controller.metrics import ControllerMetrics
 from controller.resources import MANAGED_BY
 from controller.settings import ControllerSettings
@@ -57,7 +60,7 @@ class Absorber:
 
     def __init__(
         self,
-        kube: Kube,
+        devices: DeviceStore,
         settings: ControllerSettings,
         *,
         replay: ReplayGuard,
@@ -66,7 +69,7 @@ class Absorber:
         reject: Callable[[Enrollment], None],
         now: Callable[[], datetime],
     ) -> None:
-        self._kube = kube
+        self._devices = devices
         self._settings = settings
         self._replay = replay
         self._events = events
@@ -135,17 +138,18 @@ class Absorber:
         if device is None:
             self._admit(msg.device_id, ts=msg.ts, nonce=msg.nonce)
             created = self._create(msg)
-            self._count("announce", "created")
-            device = self._patch(created, **self._pin(msg), **self._facts(msg))
-            return Absorbed(device, accepted=True)
+            if created.status.keys is None:
+                self._count("announce", "created")
+                device = created.with_status(**self._pin(msg), **self._facts(msg))
+                return Absorbed(device, accepted=True)
+            device = created  # made meanwhile by another replica: checked as any other
         pinned = device.status.keys
         repin: dict[str, Any] = {}
         if pinned is None:
             repin = self._pin(msg)
         elif (pinned.sign, pinned.kx) != (msg.keys.sign, msg.keys.kx):
             if device.rekey_requested is None:
-                self._key_mismatch(device, msg)
-                return Absorbed(device, accepted=False)
+                return Absorbed(self._key_mismatch(device, msg), accepted=False)
             repin = {**self._pin(msg), "rekey_handled": device.rekey_requested}
         self._admit(
             msg.device_id,
@@ -155,7 +159,7 @@ class Absorber:
         )
         device = self._update_spec(device, msg)
         self._count("announce", "accepted")
-        device = self._patch(device, **repin, **self._facts(msg))
+        device = device.with_status(**repin, **self._facts(msg))
         if "rekey_handled" in repin:
             # Recorded once the new keys are pinned, not when they were merely offered.
             self._events.normal(device, "Rekeyed", f"new keys pinned: {repin['key_fingerprint']}")
@@ -179,9 +183,16 @@ class Absorber:
             },
             "spec": spec,
         }
-        obj = self._kube.create(EDGE_DEVICES, body, namespace=self._settings.namespace)
+        try:
+            device = self._devices.create(body)
+        except Conflict:
+            # Our cache had not seen it yet (another replica, or its watch event is late).
+            found = self._devices.get(msg.device_id)
+            if found is None:
+                raise
+            return found
         log.info("new device", extra={"device": msg.device_id, "app": msg.app})
-        return EdgeDevice.from_api(obj)
+        return device
 
     def _pin(self, msg: Announce) -> dict[str, Any]:
         return {
@@ -197,6 +208,8 @@ class Absorber:
             ),
             "last_announce_ts": msg.ts,
             "last_seen": self._now(),
+            # It announced, so it is connected: no need to wait for its status to say so.
+            "online": True,
             "hostname": msg.hostname,
             "arch": msg.arch,
             "os": msg.os,
@@ -213,12 +226,9 @@ class Absorber:
             "metadata": {"labels": {APP_LABEL: msg.app}},
             "spec": {"app": msg.app, "groups": list(msg.groups), "labels": labels},
         }
-        obj = self._kube.merge_patch(
-            EDGE_DEVICES, device.name, patch, namespace=self._settings.namespace
-        )
-        return EdgeDevice.from_api(obj)
+        return device.rebased(self._devices.patch(device.name, patch))
 
-    def _key_mismatch(self, device: EdgeDevice, msg: Announce) -> None:
+    def _key_mismatch(self, device: EdgeDevice, msg: Announce) -> EdgeDevice:
         self._count("announce", "key_mismatch")
         reason = (
             f"key mismatch: {device.name} is enrolled with key {device.status.key_fingerprint}; "
@@ -232,8 +242,7 @@ class Absorber:
         conditions = set_condition(
             device.status.conditions, "KeyMismatch", "True", "KeyMismatch", reason, now=self._now()
         )
-        if conditions != device.status.conditions:
-            self._patch(device, conditions=conditions)
+        return device.with_status(conditions=conditions)
 
     # ack and status --------------------------------------------------------------------
 
@@ -263,13 +272,13 @@ class Absorber:
             f"generation {msg.generation}" + ("" if ok else f": {msg.detail or 'no detail'}"),
             now=self._now(),
         )
-        return self._patch(device, **changes)
+        return device.with_status(**changes)
 
     def _status(self, device: EdgeDevice, msg: Status, *, sign_key: str) -> EdgeDevice:
         if msg.state == "offline":
             # The last will is unsigned: only the broker's ACL vouches for it.
             self._count("status", "offline")
-            return self._patch(device, online=False) if device.status.online else device
+            return device.with_status(online=False) if device.status.online else device
         verify_message(msg, sign_key)
         if msg.ts is None or msg.nonce is None:  # the model refuses this; mypy cannot know
             raise BadSignature("online status without ts or nonce")
@@ -289,20 +298,9 @@ class Absorber:
             changes["acked_generation"] = installed
             if installed == status.generation:
                 changes["acked_token_expires_at"] = status.token_expires_at
-        return self._patch(device, **changes)
+        return device.with_status(**changes)
 
     # plumbing --------------------------------------------------------------------------
-
-    def _patch(self, device: EdgeDevice, **changes: Any) -> EdgeDevice:
-        patch = status_patch(device.status, **changes)
-        obj = self._kube.merge_patch(
-            EDGE_DEVICES,
-            device.name,
-            patch,
-            namespace=self._settings.namespace,
-            subresource="status",
-        )
-        return EdgeDevice.from_api(obj)
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.messages.labels(kind=kind, outcome=outcome).inc()

@@ -101,6 +101,8 @@ class EdgeDevice(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     spec: DeviceSpec = DeviceSpec()
     status: DeviceStatus = DeviceStatus()
+    unsaved: frozenset[str] = frozenset()
+    """Status fields changed in memory (`with_status`) and not yet written."""
 
     @classmethod
     def from_api(cls, obj: dict[str, Any]) -> "EdgeDevice":
@@ -115,6 +117,33 @@ class EdgeDevice(BaseModel):
             status=DeviceStatus.model_validate(obj.get("status") or {}),
         )
 
+    def with_status(self, **changes: Any) -> "EdgeDevice":
+        """A copy with `changes` (snake_case status fields) made in memory only.
+
+        A reconcile gathers what it learns (announce facts, acks, phase, generation)
+        this way and writes it as one status patch (`unsaved_patch`) instead of one
+        request per fact.
+        """
+        changed = {k: v for k, v in changes.items() if getattr(self.status, k) != v}
+        if not changed:
+            return self
+        return self.model_copy(
+            update={
+                "status": self.status.model_copy(update=changed),
+                "unsaved": self.unsaved | changed.keys(),
+            }
+        )
+
+    def rebased(self, fresh: "EdgeDevice") -> "EdgeDevice":
+        """`fresh` (just read or written) with this copy's unsaved changes on top."""
+        pending = {field: getattr(self.status, field) for field in self.unsaved}
+        return fresh.with_status(**pending) if pending else fresh
+
+    def unsaved_patch(self) -> dict[str, Any]:
+        """The merge patch for /status that writes the unsaved changes."""
+        wire = self.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {"status": {to_camel(k): wire.get(to_camel(k)) for k in sorted(self.unsaved)}}
+
     @property
     def rotation_requested(self) -> str | None:
         """The operator's pending `pimesh rotate` request, if not yet handled."""
@@ -126,10 +155,3 @@ class EdgeDevice(BaseModel):
         """The operator's pending `pimesh rekey` request, if not yet handled."""
         value = self.annotations.get(REKEY_ANNOTATION)
         return value if value and value != self.status.rekey_handled else None
-
-
-def status_patch(status: DeviceStatus, **changes: Any) -> dict[str, Any]:
-    """A merge patch for /status setting `changes` (snake_case names) in wire form."""
-    updated = status.model_copy(update=changes)
-    wire = updated.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return {"status": {to_camel(k): wire[to_camel(k)] for k in changes if to_camel(k) in wire}}

@@ -43,6 +43,19 @@ class Inbox:
             queue = self._pending.pop(device_id, None)
         return list(queue) if queue else []
 
+    def restore(self, device_id: str, messages: list[DeviceInput]) -> None:
+        """Put taken messages back in front of whatever arrived since (a failed try)."""
+        if not messages:
+            return
+        with self._lock:
+            newer = self._pending.pop(device_id, deque())
+            queue: deque[DeviceInput] = deque(maxlen=self._backlog)
+            for message in [*messages, *newer]:
+                if len(queue) == queue.maxlen:
+                    self._dropped += 1
+                queue.append(message)
+            self._pending[device_id] = queue
+
     @property
     def dropped(self) -> int:
         """Messages that gave way to newer ones because a backlog was full."""

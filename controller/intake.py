@@ -10,6 +10,9 @@ would otherwise keep its id at the head of the work queue, each reconcile re-rea
 re-checking the same object, and starve the rest of the fleet. Honest agents announce
 every `--announce-every` seconds (300 by default, never under 5) and once per
 reconnect, far below the limit.
+
+Acks and statuses are enqueued a moment later (`BATCH_S`) so that what a device says at
+once is absorbed at once.
 """
 
 import logging
@@ -20,7 +23,7 @@ from collections.abc import Callable
 
 from controller.inbox import Inbox
 from controller.metrics import ControllerMetrics
-from controller.workqueue import WorkQueue
+from controller.workqueue import Enqueue
 from shared.errors import BadSignature, InvalidMessage
 from shared.messages import Ack, Announce, Status
 from shared.mqtt import Incoming
@@ -34,6 +37,11 @@ ACCEPTED_CHANNELS = frozenset({Channel.ANNOUNCE, Channel.ACK, Channel.STATUS})
 ANNOUNCE_BURST = 5
 ANNOUNCE_RATE_PER_S = 1.0
 TRACKED_DEVICES = 100_000
+
+BATCH_S = 0.2
+"""How long an ack or status waits for the device's next message: an agent sends its
+ack and its status together after installing a bundle, and absorbing both in one
+reconcile makes one status write instead of two. Announces are handled at once."""
 
 
 class AnnounceLimiter:
@@ -88,7 +96,7 @@ class Intake:
         topics: Topics,
         *,
         inbox: Inbox,
-        queue: WorkQueue[str],
+        queue: Enqueue[str],
         metrics: ControllerMetrics,
         limiter: AnnounceLimiter | None = None,
     ) -> None:
@@ -138,7 +146,10 @@ class Intake:
             return
         self._count(kind, "queued")
         self._inbox.put(parsed.device_id, message)
-        self._queue.add(parsed.device_id)
+        if isinstance(message, Announce):
+            self._queue.add(parsed.device_id)
+        else:
+            self._queue.add_after(parsed.device_id, BATCH_S)
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.messages.labels(kind=kind, outcome=outcome).inc()

@@ -13,9 +13,14 @@ time (`controller.absorb`) and then converges, step by idempotent step:
                       past half its life, or an unacked generation may have been lost in
                       a restart; then say Enrolled
 
-A generation is recorded in status before its bundle is published, so a number is
-never reused for different content. What was already applied or told in this process
-is remembered, so a no-op reconcile makes no API calls beyond reading the device.
+A reconcile writes the device's status once: what the device said and what the
+reconcile decided are gathered in memory and saved together before the device is told
+its phase (`_tell`, the last step of every path). The one earlier write is a new
+generation, recorded (with a resourceVersion precondition) before its bundle is
+published, so a number is never reused for different content. Devices are read from
+the watch's cache (`controller.devicestore`) and what was already applied or told in
+this process is remembered, so a no-op reconcile makes no API call at all. An app's
+shared objects have their own key (`AppKey`, `controller.meshobjects`).
 """
 
 import hashlib
@@ -29,37 +34,40 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from controller import resources
 from controller.absorb import Absorber
 from controller.admission import consume_join_token, matches_auto_approve
 from controller.bundle import IssuedToken, MeshParts, build_content, render_parts, seal
 from controller.cluster import ClusterSource
 from controller.conditions import clear_condition, set_condition
-from controller.device import APP_LABEL, EdgeDevice, Phase, status_patch
+from controller.device import EdgeDevice, Phase
+from controller.devicestore import DeviceStore
 from controller.errors import Waiting
 from controller.events import EventRecorder
 from controller.inbox import Inbox
-from controller.kube import (
-    EDGE_DEVICES,
-    SERVICE_ACCOUNTS,
-    SERVICES,
-    WORKLOAD_ENTRIES,
-    WORKLOAD_GROUPS,
-    JsonObject,
-    Kube,
-)
+from controller.kube import Kube
 from controller.meshconfig import MeshInputs
+from controller.meshobjects import DEFAULT_APP, AppKey, MeshObjects
 from controller.metrics import ControllerMetrics
-from controller.resources import DeviceView, PortSpec
 from controller.rotation import token_at_risk
 from controller.settings import ControllerSettings
-from shared.canonical import canonical_json
+from controller.workqueue import Enqueue
 from shared.messages import Announce, Bundle, Enrollment, parse_ts
 from shared.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
 
 TOKEN_AUDIENCE = "istio-ca"  # noqa: S105 - an audience, not a secret
+
+APP_SETTLE_S = 1.0
+"""How long an app's shared objects wait for more of its devices to change: a boot
+storm then costs one apply per app and second, not one per device."""
+
+REUSE_S = 60.0
+"""A token minted for a bundle whose recording failed is used by the retry for this
+long, rather than asking the API server for another one."""
+
+WorkKey = str | AppKey
+"""A device id, or an app whose shared objects need converging."""
 
 
 class Publisher(Protocol):
@@ -88,6 +96,7 @@ class Reconciler:
     def __init__(
         self,
         kube: Kube,
+        devices: DeviceStore,
         settings: ControllerSettings,
         *,
         publisher: Publisher,
@@ -95,11 +104,13 @@ class Reconciler:
         cluster: ClusterSource,
         metrics: ControllerMetrics,
         now: Callable[[], datetime],
+        queue: Enqueue[WorkKey],
         replay: ReplayGuard | None = None,
         rotation_due: Callable[[datetime | None], bool] = lambda _issued: False,
         token_permit: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._kube = kube
+        self._devices = devices
         self._settings = settings
         self._ns = settings.namespace
         self._publisher = publisher
@@ -107,9 +118,16 @@ class Reconciler:
         self._cluster = cluster
         self._metrics = metrics
         self._now = now
+        self._queue = queue
         self.events = EventRecorder(kube, namespace=self._ns, now=now)
-        self._absorber = Absorber(
+        self._mesh = MeshObjects(
             kube,
+            devices,
+            namespace=self._ns,
+            schedule_app=lambda app: queue.add_after(AppKey(app), APP_SETTLE_S),
+        )
+        self._absorber = Absorber(
+            devices,
             settings,
             replay=replay or ReplayGuard(),
             events=self.events,
@@ -118,12 +136,11 @@ class Reconciler:
             now=now,
         )
         self._lock = threading.Lock()
-        self._applied: dict[tuple[str, str], str] = {}
         self._told: dict[str, tuple[str, str]] = {}
         self._rotation_due = rotation_due
         self._token_permit = token_permit
         self._spent_tokens: dict[str, str] = {}
-        self._namespace_ready = False
+        self._minted: dict[str, IssuedToken] = {}
 
     def forget(self, device_id: str) -> None:
         """Drop what this process remembers of a deleted device (PROTOCOL.md, step 4).
@@ -133,29 +150,39 @@ class Reconciler:
         """
         with self._lock:
             self._told.pop(device_id, None)
-            self._applied = {k: v for k, v in self._applied.items() if k[1] != device_id}
+        self._mesh.forget(device_id)
 
-    def reconcile(self, device_id: str) -> Result:
-        """Absorb what the device said, then converge its objects, bundle and phase."""
-        obj = self._kube.find(EDGE_DEVICES, device_id, namespace=self._ns)
-        device = EdgeDevice.from_api(obj) if obj else None
+    def reconcile(self, key: WorkKey) -> Result:
+        """Converge one device, or the shared objects of one app."""
+        if isinstance(key, AppKey):
+            for device_id in self._mesh.reconcile_app(key.app):
+                self._queue.add(device_id)  # its PortConflict condition changed
+            return Result()
+        return self._reconcile_device(key)
+
+    def _reconcile_device(self, device_id: str) -> Result:
+        """Absorb what the device said, then converge its objects, bundle and phase.
+
+        On any error the batch of messages goes back to the inbox, to be absorbed again
+        with the retry: what they taught may not have been saved.
+        """
+        device = self._devices.get(device_id)
         messages = self._inbox.take(device_id)
-        for index, message in enumerate(messages):
-            try:
+        try:
+            for message in messages:
                 absorbed = self._absorber.absorb(device, message)
                 device = absorbed.device
                 # Only an announce that passed every check may spend a join token: a
                 # replay or an impostor's key must not admit (or reject) the device.
                 if absorbed.accepted and isinstance(message, Announce) and device is not None:
                     device = self._admit_by_join_token(device, message)
-            except Exception:
-                for rest in messages[index:]:
-                    self._inbox.put(device_id, rest)  # retried with the key
-                raise
+            result = Result() if device is None else self._converge(device)
+        except Exception:
+            self._inbox.restore(device_id, messages)
+            raise
+        for message in messages:
             self._absorber.done(message)
-        if device is None:
-            return Result()
-        return self._converge(device)
+        return result
 
     # convergence ---------------------------------------------------------------------
 
@@ -175,11 +202,17 @@ class Reconciler:
         except Waiting as exc:
             self._tell(device, "Approved", exc.reason, condition=(exc.condition, exc.reason))
             return Result(requeue_after_s=exc.retry_after_s)
-        self._apply_objects(device)
+        self._mesh.apply_device(device)
         digest = _bundle_hash(parts, keys.kx)
         why = self._why_new_bundle(device, digest)
-        if why is not None:
-            device = self._issue(device, parts, digest=digest, why=why)
+        # The token is minted before the app's objects are applied: the longer a device
+        # waits to be included, the more devices one apply of them covers.
+        token = None if why is None else self._mint(device, paced=device.status.generation > 0)
+        for other in self._mesh.include(device):
+            self._queue.add(other)  # its PortConflict condition changed
+        device = self._note_port_conflicts(device)
+        if why is not None and token is not None:
+            device = self._issue(device, parts, issued=token, digest=digest, why=why)
         device = self._watch_expiry(device)
         generation = device.status.generation
         self._tell(device, "Enrolled", f"bundle generation {generation} published")
@@ -208,7 +241,7 @@ class Reconciler:
         )
         if at_risk:
             self.events.warning(device, "TokenExpiring", message)
-        return self._set_status(device, conditions=conditions)
+        return device.with_status(conditions=conditions)
 
     def _next_check_s(self, device: EdgeDevice) -> float:
         """Come back at the token's half-life, or sooner to re-check an unacked bundle."""
@@ -232,11 +265,9 @@ class Reconciler:
 
     def _approve(self, device: EdgeDevice, *, reason: str) -> EdgeDevice:
         """The one write of spec.approved the controller makes (PROTOCOL.md, step 5)."""
-        obj = self._kube.merge_patch(
-            EDGE_DEVICES, device.name, {"spec": {"approved": True}}, namespace=self._ns
-        )
+        approved = device.rebased(self._devices.patch(device.name, {"spec": {"approved": True}}))
         self.events.normal(device, "Approved", reason)
-        return EdgeDevice.from_api(obj)
+        return approved
 
     def _admit_by_join_token(self, device: EdgeDevice, msg: Announce) -> EdgeDevice:
         if msg.join_token is None or device.spec.approved or device.spec.revoked:
@@ -266,116 +297,17 @@ class Reconciler:
     def _reject(self, device: EdgeDevice, reason: str) -> EdgeDevice:
         if (device.status.phase, device.status.reason) == ("Rejected", reason):
             return device
-        device = self._set_status(device, phase="Rejected", reason=reason)
-        # `_tell` records phase changes, but this one is already in status when it runs.
+        # `_tell` records phase changes, but this one is already made when it runs.
         self.events.warning(device, "Rejected", reason)
-        return device
+        return device.with_status(phase="Rejected", reason=reason)
 
     def _revoke(self, device: EdgeDevice) -> Result:
         if device.status.phase != "Revoked":
-            self._kube.delete(WORKLOAD_ENTRIES, device.name, namespace=self._ns)
-            self._kube.delete(SERVICE_ACCOUNTS, device.name, namespace=self._ns)
-            self._apply_shared(device.spec.app, exclude=device.name)
+            self._mesh.remove_device(device)
             self._publisher.clear_bundle(device.name)
-            with self._lock:
-                self._applied = {k: v for k, v in self._applied.items() if k[1] != device.name}
         reason = "revoked by an operator: it gets no credentials until spec.revoked is unset"
         self._tell(device, "Revoked", reason)
         return Result()
-
-    # mesh objects --------------------------------------------------------------------
-
-    def _view(self, device: EdgeDevice) -> DeviceView:
-        return DeviceView(
-            device_id=device.name,
-            uid=device.uid,
-            app=device.spec.app or "led-pi",
-            address=device.status.addresses[0],
-            online=device.status.online,
-            groups=device.spec.groups,
-            labels=device.spec.labels,
-            ports=tuple(PortSpec(p.name, p.port, p.protocol) for p in device.status.ports),
-        )
-
-    def _apply_objects(self, device: EdgeDevice) -> None:
-        if not self._namespace_ready:
-            self._apply_once(resources.namespace(self._ns))
-            self._namespace_ready = True
-        view = self._view(device)
-        self._apply_once(resources.service_account(view, self._ns))
-        self._apply_once(resources.workload_entry(view, self._ns))
-        contribution = repr((view.app, view.uid, view.ports))
-        if self._remember(("contribution", device.name), contribution):
-            try:
-                self._apply_shared(view.app)
-            except Exception:
-                self._forget("contribution", device.name)  # or the retry would skip it
-                raise
-
-    def _apply_shared(self, app: str | None, *, exclude: str | None = None) -> None:
-        """Re-render the app's WorkloadGroup and Service from every member's EdgeDevice."""
-        if not app:
-            return
-        objs, _ = self._kube.list(
-            EDGE_DEVICES, namespace=self._ns, label_selector=f"{APP_LABEL}={app}"
-        )
-        members = [
-            self._view(d)
-            for d in map(EdgeDevice.from_api, objs)
-            if d.name != exclude and _is_member(d)
-        ]
-        if not members:
-            self._kube.delete(SERVICES, app, namespace=self._ns)
-            self._kube.delete(WORKLOAD_GROUPS, app, namespace=self._ns)
-            self._forget("Service", app)
-            self._forget("WorkloadGroup", app)
-            return
-        self._apply_once(resources.workload_group(app, self._ns, members))
-        service = resources.service(app, self._ns, members)
-        if service is not None:
-            self._apply_once(service)
-        _, conflicts = resources.service_ports(members)
-        for member in members:
-            self._mark_port_conflicts(member.device_id, conflicts.get(member.device_id, []))
-
-    def _mark_port_conflicts(self, device_id: str, names: list[str]) -> None:
-        obj = self._kube.find(EDGE_DEVICES, device_id, namespace=self._ns) if names else None
-        if obj is None:
-            return
-        device = EdgeDevice.from_api(obj)
-        message = f"port names {', '.join(names)} are already served with other numbers"
-        conditions = set_condition(
-            device.status.conditions,
-            "PortConflict",
-            "True",
-            "PortConflict",
-            message,
-            now=self._now(),
-        )
-        if conditions != device.status.conditions:
-            self._set_status(device, conditions=conditions)
-            self.events.warning(device, "PortConflict", message)
-
-    def _apply_once(self, manifest: JsonObject) -> None:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if self._remember(key, hashlib.sha256(canonical_json(manifest)).hexdigest()):
-            try:
-                self._kube.apply(manifest)
-            except Exception:
-                self._forget(*key)
-                raise
-
-    def _remember(self, key: tuple[str, str], value: str) -> bool:
-        """Record `value` under `key`; True when it differs from what was recorded."""
-        with self._lock:
-            if self._applied.get(key) == value:
-                return False
-            self._applied[key] = value
-            return True
-
-    def _forget(self, kind: str, name: str) -> None:
-        with self._lock:
-            self._applied.pop((kind, name), None)
 
     # bundles ---------------------------------------------------------------------------
 
@@ -384,7 +316,7 @@ class Reconciler:
         inputs = MeshInputs(
             namespace=self._ns,
             device_id=device.name,
-            app=device.spec.app or "led-pi",
+            app=device.spec.app or DEFAULT_APP,
             mesh_address=address,
             istiod_ip=cluster.istiod_ip,
             cluster_id=self._settings.cluster_id,
@@ -393,6 +325,31 @@ class Reconciler:
             mesh_yaml=cluster.mesh_yaml,
         )
         return render_parts(inputs, root_cert=cluster.root_cert)
+
+    def _mint(self, device: EdgeDevice, *, paced: bool) -> IssuedToken:
+        """A new token for the device, or the one minted for it by a try that failed.
+
+        Renewals are paced (`--rotation-rate`): a rotation run or a root-certificate
+        change renews the whole fleet at once, and that wave is the controller's own
+        doing. A device's first token is not: enrollments come as fast as devices
+        announce (each limited by the intake), and the API server's own flow control
+        guards it from a boot storm of new devices.
+        """
+        with self._lock:
+            minted = self._minted.get(device.uid)
+        if minted is not None and (self._now() - minted.issued_at).total_seconds() < REUSE_S:
+            return minted
+        with self._token_permit() if paced else nullcontext():
+            token, expires = self._kube.request_token(
+                device.name,
+                namespace=self._ns,
+                audience=TOKEN_AUDIENCE,
+                ttl_s=self._settings.token_ttl,
+            )
+        issued = IssuedToken(SecretStr(token), issued_at=self._now(), expires_at=parse_ts(expires))
+        with self._lock:
+            self._minted[device.uid] = issued
+        return issued
 
     def _why_new_bundle(self, device: EdgeDevice, digest: str) -> str | None:
         status = device.status
@@ -434,15 +391,9 @@ class Reconciler:
         half_life = issued + (expires - issued) / 2
         return max(0.0, (half_life - self._now()).total_seconds())
 
-    def _issue(self, device: EdgeDevice, parts: MeshParts, *, digest: str, why: str) -> EdgeDevice:
-        with self._token_permit():  # paced: a rotation wave must not flood the API server
-            token, expires = self._kube.request_token(
-                device.name,
-                namespace=self._ns,
-                audience=TOKEN_AUDIENCE,
-                ttl_s=self._settings.token_ttl,
-            )
-        issued = IssuedToken(SecretStr(token), issued_at=self._now(), expires_at=parse_ts(expires))
+    def _issue(
+        self, device: EdgeDevice, parts: MeshParts, *, issued: IssuedToken, digest: str, why: str
+    ) -> EdgeDevice:
         generation = device.status.generation + 1
         changes: dict[str, Any] = {
             "generation": generation,
@@ -455,9 +406,10 @@ class Reconciler:
         }
         if device.rotation_requested:
             changes["rotation_handled"] = device.rotation_requested
-        # Recorded before publishing, guarded by resourceVersion: a generation number is
-        # never published twice with different content, even by two replicas.
-        device = self._set_status(device, precondition=True, **changes)
+        # Recorded before publishing. Should that fail, the retry uses the same token.
+        device = self._save(device.with_status(**changes), precondition=True)
+        with self._lock:
+            self._minted.pop(device.uid, None)
         content = build_content(
             parts, generation=generation, token=issued, namespace=self._ns, device_id=device.name
         )
@@ -492,10 +444,9 @@ class Reconciler:
             )
             if conditions != device.status.conditions:
                 changes["conditions"] = conditions
-        if changes:
-            device = self._set_status(device, **changes)
-            if "phase" in changes and phase in {"Pending", "Rejected", "Revoked"}:
-                self.events.normal(device, phase, reason)
+        device = self._save(device.with_status(**changes))
+        if "phase" in changes and phase in {"Pending", "Rejected", "Revoked"}:
+            self.events.normal(device, phase, reason)
         with self._lock:
             if self._told.get(device.name) == (phase, reason):
                 return
@@ -504,21 +455,41 @@ class Reconciler:
             Enrollment(device_id=device.name, ts=self._now(), phase=phase, reason=reason)
         )
 
-    def _set_status(
-        self, device: EdgeDevice, *, precondition: bool = False, **changes: Any
-    ) -> EdgeDevice:
-        patch: dict[str, Any] = status_patch(device.status, **changes)
-        if precondition:
-            patch["metadata"] = {"resourceVersion": device.resource_version}
-        obj = self._kube.merge_patch(
-            EDGE_DEVICES, device.name, patch, namespace=self._ns, subresource="status"
+    def _note_port_conflicts(self, device: EdgeDevice) -> EdgeDevice:
+        """Say in status which announced port names its app already serves otherwise."""
+        names = self._mesh.port_conflicts(device.name)
+        current = device.status.condition("PortConflict")
+        if current is None and not names:
+            return device
+        message = (
+            f"port names {', '.join(names)} are already served with other numbers"
+            if names
+            else "every announced port is served"
         )
-        return EdgeDevice.from_api(obj)
+        conditions = set_condition(
+            device.status.conditions,
+            "PortConflict",
+            "True" if names else "False",
+            "PortConflict" if names else "NoConflict",
+            message,
+            now=self._now(),
+        )
+        if conditions == device.status.conditions:
+            return device
+        if names:
+            self.events.warning(device, "PortConflict", message)
+        return device.with_status(conditions=conditions)
 
-
-def _is_member(device: EdgeDevice) -> bool:
-    """Counts towards its app's shared objects: approved, not revoked, reachable."""
-    return device.spec.approved and not device.spec.revoked and bool(device.status.addresses)
+    def _save(self, device: EdgeDevice, *, precondition: bool = False) -> EdgeDevice:
+        """Write the device's unsaved status changes as one patch."""
+        if not device.unsaved:
+            return device
+        patch = device.unsaved_patch()
+        if precondition:
+            # Guarded by resourceVersion: a generation number is never published twice
+            # with different content, even by two replicas.
+            patch["metadata"] = {"resourceVersion": device.resource_version}
+        return self._devices.patch_status(device.name, patch)
 
 
 def _bundle_hash(parts: MeshParts, kx: str) -> str:

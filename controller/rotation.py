@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from controller.device import DeviceStatus
 from controller.settings import ControllerSettings
-from controller.workqueue import WorkQueue
+from controller.workqueue import Enqueue
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Rotation:
         self,
         schedule: Schedule,
         *,
-        queue: WorkQueue[str],
+        queue: Enqueue[str],
         enrolled: Callable[[], list[str]],
         rate_per_s: float,
         now: Callable[[], datetime],

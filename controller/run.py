@@ -14,19 +14,19 @@ from collections.abc import Callable
 from datetime import datetime
 
 from controller.cluster import ISTIO_NAMESPACE, ROOT_CERT_CONFIGMAP, ClusterSource
-from controller.device import EdgeDevice
-from controller.errors import ApiError, ControllerError, PermanentError, TooManyRequests, Waiting
+from controller.devicestore import DeviceStore
+from controller.errors import ApiError, PermanentError, TooManyRequests, Waiting
 from controller.identity import load_or_create_key
 from controller.inbox import Inbox
 from controller.intake import Intake
-from controller.kube import EDGE_DEVICES, Kube, load_api_client
+from controller.kube import Kube, load_api_client
 from controller.leader import LeaderElector
 from controller.meshconfig import mesh_configmap_name
 from controller.metrics import ControllerMetrics, HealthServer
 from controller.mqtt import ControllerLink, default_client_id
 from controller.policy import PolicySync
 from controller.ratelimit import RateLimiter
-from controller.reconciler import Reconciler
+from controller.reconciler import Reconciler, WorkKey
 from controller.resources import namespace as namespace_manifest
 from controller.rotation import Rotation, build_schedule, fleet_expiry
 from controller.settings import ControllerSettings
@@ -37,6 +37,9 @@ from shared.settings import MqttSettings
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
+
+WATCH_CONNECTIONS = 8
+"""API connections besides the workers': the watches, the Lease, policies, events."""
 
 
 class Controller:
@@ -52,9 +55,12 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.metrics = ControllerMetrics()
-        self.queue: WorkQueue[str] = WorkQueue()
+        self.queue: WorkQueue[WorkKey] = WorkQueue()
         self.inbox = Inbox()
-        self.kube = Kube(load_api_client(settings.kubeconfig))
+        self.kube = Kube(
+            load_api_client(settings.kubeconfig, connections=settings.workers + WATCH_CONNECTIONS)
+        )
+        self.devices = DeviceStore(self.kube, namespace=settings.namespace)
         self._mqtt_settings = mqtt
         self._client_id = client_id
         self._now = now
@@ -102,12 +108,14 @@ class Controller:
         )
         self.reconciler = Reconciler(
             self.kube,
+            self.devices,
             self.settings,
             publisher=self.link,
             inbox=self.inbox,
             cluster=self.cluster,
             metrics=self.metrics,
             now=self._now,
+            queue=self.queue,
             rotation_due=self.rotation.is_due,
             token_permit=self.token_pace.permit,
         )
@@ -162,6 +170,7 @@ class Controller:
             DeviceWatch(
                 self.kube,
                 self.queue,
+                store=self.devices,
                 namespace=self.settings.namespace,
                 on_deleted=self._forget_device,
             ),
@@ -183,12 +192,7 @@ class Controller:
 
     def _start_rotation_run(self) -> list[str]:
         """The devices a rotation run renews; also refreshes the fleet's expiry gauges."""
-        try:
-            objs, _ = self.kube.list(EDGE_DEVICES, namespace=self.settings.namespace)
-        except ControllerError:
-            return []
-        devices = [EdgeDevice.from_api(o) for o in objs]
-        enrolled = [d for d in devices if d.spec.approved and not d.spec.revoked]
+        enrolled = [d for d in self.devices.all() if d.spec.approved and not d.spec.revoked]
         soonest, at_risk = fleet_expiry(
             [d.status for d in enrolled], now=self._now(), ttl_s=self.settings.token_ttl
         )
@@ -206,11 +210,7 @@ class Controller:
             self.link.forget(device_id)
 
     def _known_devices(self) -> list[str]:
-        try:
-            objs, _ = self.kube.list(EDGE_DEVICES, namespace=self.settings.namespace)
-        except ControllerError:
-            return []
-        return [o["metadata"]["name"] for o in objs]
+        return [d.name for d in self.devices.all()]
 
     def _start_health(self) -> None:
         if self.settings.metrics_port == 0:
@@ -235,7 +235,7 @@ class Controller:
             finally:
                 self.queue.done(key)
 
-    def _reconcile_one(self, key: str) -> None:
+    def _reconcile_one(self, key: WorkKey) -> None:
         assert self.reconciler is not None  # noqa: S101
         started = time.monotonic()
         try:
@@ -250,18 +250,20 @@ class Controller:
             else:
                 self.queue.add_rate_limited(key)
         except PermanentError as exc:
-            log.error("reconcile failed for good", extra={"device": key, "why": exc.reason})
+            log.error("reconcile failed for good", extra={"device": str(key), "why": exc.reason})
             self.metrics.reconciles.labels(result="permanent_error").inc()
         except ApiError as exc:
             self.metrics.api_errors.labels(status=str(exc.status)).inc()
             delay = self.queue.add_rate_limited(key)
             log.warning(
                 "reconcile failed, retrying",
-                extra={"device": key, "why": exc.reason, "retry_s": delay},
+                extra={"device": str(key), "why": exc.reason, "retry_s": delay},
             )
         except Exception:
             delay = self.queue.add_rate_limited(key)
-            log.exception("reconcile failed, retrying", extra={"device": key, "retry_s": delay})
+            log.exception(
+                "reconcile failed, retrying", extra={"device": str(key), "retry_s": delay}
+            )
             self.metrics.reconciles.labels(result="error").inc()
         else:
             self.queue.forget(key)

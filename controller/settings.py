@@ -43,9 +43,17 @@ class ControllerSettings(BaseSettings):
     cluster_id: str = Field(default="Kubernetes", description="Istio cluster id.")
     policy_file: Path | None = Field(default=None, description="AuthorizationPolicy file.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables.")
-    workers: int = Field(default=4, ge=1, le=64, description="Reconcile worker threads.")
+    workers: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="Reconcile worker threads (they mostly wait on the API server).",
+    )
     rotation_rate: float = Field(
-        default=20.0, gt=0, le=10_000, description="TokenRequests per second, at most."
+        default=20.0,
+        gt=0,
+        le=10_000,
+        description="TokenRequests per second for renewals (first tokens are not paced).",
     )
     ack_timeout: int = Field(
         default=60,
@@ -53,7 +61,7 @@ class ControllerSettings(BaseSettings):
         description="Seconds an online device may leave a bundle unacked before a new one.",
     )
     rotation_concurrency: int = Field(
-        default=4, ge=1, le=256, description="TokenRequests in flight, at most."
+        default=4, ge=1, le=256, description="Renewal TokenRequests in flight, at most."
     )
 
     _split_auto_approve = field_validator("auto_approve", mode="before")(split_commas)

@@ -1,8 +1,9 @@
-"""Kubernetes event sources: list-then-watch loops that only enqueue device ids.
+"""Kubernetes event sources: list-then-watch loops that enqueue device ids.
 
-`DeviceWatch` follows EdgeDevices (an operator approving, revoking or rotating a device
-is a change here) and enqueues every device it lists, which is how a starting controller
-reconciles the whole fleet. `ConfigWatch` follows the ConfigMaps every bundle is built
+`DeviceWatch` follows EdgeDevices into the controller's cache (`DeviceStore`) and
+enqueues every device it lists, which is how a starting controller reconciles the whole
+fleet, and then every device someone else changed (an operator approving, revoking or
+rotating it). `ConfigWatch` follows the ConfigMaps every bundle is built
 from (Istio's root certificate, the mesh config) and re-enqueues every device when one
 changes. Both re-list after a broken watch or a 410 Gone, backing off while the API
 server is unreachable, and never die.
@@ -12,9 +13,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
+from controller.devicestore import DeviceStore
 from controller.errors import ApiError, ControllerError
 from controller.kube import CONFIG_MAPS, EDGE_DEVICES, JsonObject, Kube, Resource, WatchEvent
-from controller.workqueue import WorkQueue
+from controller.workqueue import Enqueue
 from shared.mqtt import Backoff
 
 log = logging.getLogger(__name__)
@@ -97,30 +99,42 @@ class _ListWatch:
 
 
 class DeviceWatch(_ListWatch):
-    """Enqueues every EdgeDevice at each list and every changed one after."""
+    """Keeps the EdgeDevice cache current and enqueues devices someone else changed.
+
+    Every listed device is enqueued (a (re)started controller trusts nothing it held);
+    after that only changes the controller did not make itself wake a reconcile.
+    """
 
     def __init__(
         self,
         kube: Kube,
-        queue: WorkQueue[str],
+        queue: Enqueue[str],
         *,
+        store: DeviceStore,
         namespace: str,
         on_deleted: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(kube, EDGE_DEVICES, namespace=namespace, name="watch-edgedevices")
         self._queue = queue
+        self._store = store
         self._on_deleted = on_deleted
 
     def on_list(self, objects: Iterable[JsonObject]) -> None:
-        """Reconcile the whole fleet: a (re)started controller trusts nothing it held."""
+        """Refill the cache and reconcile the whole fleet."""
+        objects = list(objects)
+        self._store.replace(objects)
         for obj in objects:
             self._queue.add(obj["metadata"]["name"])
 
     def on_event(self, event: WatchEvent) -> None:
-        """Reconcile the device that changed; forget one that was deleted."""
+        """Reconcile a device someone else changed; forget one that was deleted."""
         name = event.object["metadata"]["name"]
-        if event.type == "DELETED" and self._on_deleted is not None:
-            self._on_deleted(name)
+        if event.type == "DELETED":
+            self._store.drop(name)
+            if self._on_deleted is not None:
+                self._on_deleted(name)
+        elif not self._store.observe(event.object):
+            return  # our own write, already in the cache
         self._queue.add(name)
 
 

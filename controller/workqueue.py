@@ -23,12 +23,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
 
 Clock = Callable[[], float]
 """Monotonic seconds; `time.monotonic` in production."""
+
+
+class Enqueue(Protocol[K_contra]):
+    """The adding side of a work queue: all an event source needs of it."""
+
+    def add(self, key: K_contra) -> None:
+        """Queue `key` now."""
+
+    def add_after(self, key: K_contra, delay_s: float) -> None:
+        """Queue `key` after `delay_s` seconds."""
 
 
 class ShutDown(Exception):  # noqa: N818 - named for the state, like queue.ShutDown

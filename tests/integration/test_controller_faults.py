@@ -503,6 +503,9 @@ def test_killed_controller_finishes_enrollment_after_restart(
                 sum(m["state"] == "online" for m in dev.received["controller"]) > online_before
             ),
         )
+        # The announce died with the controller; as PROTOCOL.md asks, a device announces
+        # again when the controller's status turns online.
+        dev.announce()
         enrolled = dev.wait_phase("Enrolled", timeout=20)
         dev.verify_controller(enrolled)
         bundle = dev.wait_for("bundle", lambda m: m["generation"] == 1)
