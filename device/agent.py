@@ -26,8 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import version
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from device.bundles import BundleInstaller
 from device.ledlink import is_stale, to_message, to_spec
@@ -35,7 +34,6 @@ from device.leds import EffectPlayer, LedDriver, LedState
 from device.netinfo import arch, boot_id, detect_addresses, os_name
 from device.settings import AgentSettings
 from device.trust import ControllerTrust
-from device.web import LedMetrics, WebServer, create_app
 from device.ztunnel import ZtunnelSupervisor
 from shared.crypto import DeviceKeys
 from shared.errors import InvalidMessage
@@ -59,6 +57,11 @@ from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
 from shared.signing import sign_message
 from shared.topics import Channel, Topics, decode_on
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from device.web import LedMetrics, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +129,12 @@ class Agent:
         self.leds = (
             EffectPlayer(strip, on_change=self._publish_led_state) if strip is not None else None
         )
-        # web ----- the LED page and API (device/web.py); --http-port 0 disables it.
-        self.led_metrics = LedMetrics(self.leds)
-        self._web = (
-            WebServer(self._web_app(), port=settings.http_port) if settings.http_port else None
-        )
+        # web ----- the LED page, its API and /metrics (device/web.py); --http-port 0
+        # disables them, and then the LED metrics, which only /metrics shows, too.
+        self.led_metrics: LedMetrics | None = None
+        self._web: WebServer | None = None
+        if settings.http_port:
+            self.led_metrics, self._web = self._web_server(settings.http_port)
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -250,10 +254,13 @@ class Agent:
             self.bundles.revoke()
 
     def _on_led(self, command: Led) -> None:
+        state = None if self.leds is None else self.command(command)
+        if self.led_metrics is None:
+            return
         if self.leds is None:
             self.led_metrics.rejected.labels(source="mqtt", reason="no_strip").inc()
-            return
-        self.led_metrics.count(self.command(command), source="mqtt")
+        else:
+            self.led_metrics.count(state, source="mqtt")
 
     def command(self, command: Led) -> LedState | None:
         """Apply an LED command, from MQTT or HTTP alike; `led_state` follows.
@@ -290,7 +297,17 @@ class Agent:
             "leds": leds,
         }
 
-    def _web_app(self) -> Flask:
+    def _web_server(self, port: int) -> "tuple[LedMetrics, WebServer]":
+        # Imported only here: Flask, werkzeug and prometheus_client are some 8 MB of RSS
+        # that an agent serving no page does without (benchmarks/agent_footprint.py).
+        from device.web import LedMetrics, WebServer
+
+        metrics = LedMetrics(self.leds)
+        return metrics, WebServer(self._web_app(metrics), port=port)
+
+    def _web_app(self, metrics: "LedMetrics") -> "Flask":
+        from device.web import create_app
+
         def sign(message: LedStateMessage) -> LedStateMessage:
             return sign_message(message, self.keys.sign_key)
 
@@ -300,7 +317,7 @@ class Agent:
             health=self.health,
             on_command=self.command,
             sign=sign,
-            metrics=self.led_metrics,
+            metrics=metrics,
             now=self._now,
         )
 
