@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.led_fanout import MAX_PER_PROCESS, shares
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FIGURES = {"p50_ms", "p99_ms", "max_ms", "fleet_complete_p50_ms", "samples", "lost"}
@@ -41,6 +43,8 @@ def test_led_fanout_ci_mode_writes_its_report(tmp_path: Path) -> None:
     assert params["sizes"] == [3]
     [row] = report["results"]
     assert row["n"] == 3
+    assert row["procs"] == params["procs"] == 2, "both fleets spread over two workers"
+    assert set(row["cpu_us_per_delivery"]) == {"baseline", "pimesh"}
     for fleet in ("baseline", "pimesh"):
         figures = row[fleet]
         assert set(figures) == FIGURES
@@ -51,9 +55,17 @@ def test_led_fanout_ci_mode_writes_its_report(tmp_path: Path) -> None:
     assert all(math.isfinite(value) and value > 0 for value in row["ratio"].values())
 
 
-def test_led_fanout_refuses_a_fleet_one_process_cannot_hold(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "10,5000"], "each size must be 1 to 1000"),
+        (["--sizes", "10,0"], "each size must be 1 to 1000"),
+        (["--procs", "0"], "--procs must be at least 1"),
+    ],
+)
+def test_led_fanout_refuses_what_it_cannot_run(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.led_fanout", "--sizes", "10,500"],
+        [sys.executable, "-m", "benchmarks.led_fanout", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -61,8 +73,27 @@ def test_led_fanout_refuses_a_fleet_one_process_cannot_hold(tmp_path: Path) -> N
         check=False,
     )
     assert result.returncode == 2
-    assert "FD_SETSIZE" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("size", "procs", "expected"),
+    [
+        (3, 4, [1, 1, 1]),  # never more workers than clients
+        (10, 4, [3, 3, 2, 2]),
+        (200, 4, [50, 50, 50, 50]),
+        (1000, 4, [200] * 5),  # a worker holds at most MAX_PER_PROCESS
+        (401, 1, [134, 134, 133]),
+    ],
+)
+def test_led_fanout_spreads_a_fleet_evenly_over_its_workers(
+    size: int, procs: int, expected: list[int]
+) -> None:
+    got = shares(size, procs)
+    assert [len(share) for share in got] == expected
+    assert [i for share in got for i in share] == list(range(size)), "each client once"
+    assert max(len(share) for share in got) <= MAX_PER_PROCESS
 
 
 def _no_constants(name: str) -> None:

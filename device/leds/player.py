@@ -8,8 +8,14 @@ are waits on an Event that `play` sets, never sleeps).
 
 Every state change (a command applied, a switch finishing, a duration ending, the
 hardware failing) is reported in order to `on_change`, from which the agent publishes
-`led_state`. Time comes from an injectable clock and "sleeper" (a wait on an Event with a
-timeout), so tests step a fake clock instead of sleeping.
+`led_state`. Reports are delivered on the effect thread, and a command's only once its
+first frame is on the strip: `play` itself does no more than hand the command over and
+wake the thread, so the frame never waits for the caller's work after `play` or for
+the report (the agent signs `led_state`, which costs more than the rest of the path
+from MQTT message to frame).
+
+Time comes from an injectable clock and "sleeper" (a wait on an Event with a timeout),
+so tests step a fake clock instead of sleeping.
 """
 
 import logging
@@ -114,9 +120,10 @@ class _Outcome(Enum):
 class EffectPlayer:
     """Plays effects on one `LedDriver` from a thread of its own.
 
-    `on_change` runs on the thread whose action changed the state (the caller of `play`,
-    or the effect thread) but calls are serialised and in order; it must not wait for
-    another thread that calls `play`.
+    `on_change` runs on the effect thread, one call per state change, in order: for a
+    command after its first frame is shown, for the thread's own changes (a switch or
+    a duration ending, a failure) before the next frame. It may call `play`; it must
+    not wait for another thread that calls `play`.
     """
 
     def __init__(
@@ -132,7 +139,6 @@ class EffectPlayer:
         self._sleeper = sleeper
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._notifying = threading.RLock()  # re-entrant: on_change may call play
         self._pending: deque[LedState] = deque()
         self._wake = threading.Event()
         self._program = _Program(INITIAL_STATE)
@@ -164,7 +170,8 @@ class EffectPlayer:
             command: The command; missing colour and brightness keep the current ones.
 
         Returns:
-            The state the command produced (`on_change` has seen it on return).
+            The state the command produced (`on_change` hears of it from the effect
+            thread once the command's first frame is shown).
 
         Raises:
             RuntimeError: The player is closed.
@@ -175,7 +182,6 @@ class EffectPlayer:
             program = _resolve(command, self._program, now=self._clock())
             self._install(program)
             self._wake.set()
-        self._notify()
         return program.state
 
     def close(self, *, timeout: float = 5.0) -> None:
@@ -199,11 +205,14 @@ class EffectPlayer:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if self._closed:
-                    return
+                closed = self._closed
                 program, generation = self._program, self._generation
                 self._wake.clear()
+            if closed:
+                self._notify()  # what was played before close is still reported
+                return
             if program.state.failed:
+                self._notify()
                 self._wake.wait()  # the strip is dead: only close matters now
                 continue
             successor = self._drive(program)
@@ -218,6 +227,7 @@ class EffectPlayer:
                 return _switched_off(program)
             if not self._show(apply_brightness(step.frame, state.brightness)):
                 return None
+            self._notify()  # the command that started this program, now it is shown
             outcome = self._hold(step.hold_ms, program.ends_at)
             if outcome is _Outcome.WOKEN:
                 return None
@@ -257,20 +267,19 @@ class EffectPlayer:
         self._notify()
 
     def _notify(self) -> None:
-        # Whoever changed the state delivers every pending change, oldest first; the
-        # re-entrant lock keeps deliveries from two threads from interleaving.
-        with self._notifying:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    state = self._pending.popleft()
-                if self._on_change is None:
-                    continue
-                try:
-                    self._on_change(state)
-                except Exception:
-                    logger.exception("LED state callback failed")
+        # On the effect thread only: every pending change, oldest first. A `play` from
+        # `on_change` appends to the queue and is delivered by this same loop.
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                state = self._pending.popleft()
+            if self._on_change is None:
+                continue
+            try:
+                self._on_change(state)
+            except Exception:
+                logger.exception("LED state callback failed")
 
 
 def _resolve(command: LedCommandSpec, current: _Program, *, now: float) -> _Program:

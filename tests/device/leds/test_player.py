@@ -64,9 +64,98 @@ def test_before_any_command_the_strip_is_off(rig: Rig) -> None:
 def test_a_command_is_applied_and_reported(rig: Rig) -> None:
     state = rig.player.play(cmd(Effect.SOLID, "red-1", color=RED, brightness=255))
     assert state == LedState(Effect.SOLID, RED, 255, "red-1")
-    assert rig.states == [state]  # reported before play returns
     assert rig.player.state() == state
     rig.strip.wait_for(all_of(RED), timeout=WAIT_S)
+    rig.clock.wait_blocked()  # held: the report went out before the hold
+    assert rig.states == [state]
+
+
+class Reports:
+    """on_change for tests: each state with the frame on show and the thread, waitable."""
+
+    def __init__(self, strip: SimulatedStrip) -> None:
+        self.strip = strip
+        self.seen: list[tuple[LedState, Frame, str]] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, state: LedState) -> None:
+        with self._changed:
+            self.seen.append((state, self.strip.current, threading.current_thread().name))
+            self._changed.notify_all()
+
+    def wait(self, count: int) -> list[LedState]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.seen) >= count, timeout=WAIT_S)
+            return [state for state, _, _ in self.seen]
+
+
+def test_a_command_is_reported_from_the_effect_thread_once_its_frame_is_shown() -> None:
+    strip = SimulatedStrip(COUNT)
+    reports = Reports(strip)
+    with EffectPlayer(strip, on_change=reports) as player:
+        state = player.play(cmd(Effect.SOLID, "red", color=RED))
+        assert reports.wait(1) == [state]
+    [(_, frame, thread)] = reports.seen
+    assert frame == fill(COUNT, RED), "the frame was on the strip before the report"
+    assert thread == "led-effects"
+
+
+def test_play_does_not_wait_for_a_slow_report() -> None:
+    # The agent signs led_state in on_change: the caller (paho's thread) must not pay.
+    strip = SimulatedStrip(COUNT)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(state: LedState) -> None:
+        entered.set()
+        release.wait(WAIT_S)
+
+    with EffectPlayer(strip, on_change=slow) as player:
+        player.play(cmd(Effect.SOLID, "a", color=RED))
+        assert entered.wait(WAIT_S)
+        started = time.monotonic()
+        later = player.play(cmd(Effect.SOLID, "b", color=BLUE))
+        returned = time.monotonic() - started
+        assert later.command_id == "b"
+        assert strip.current == fill(COUNT, RED), "blue waits for the report, not play"
+        release.set()
+        strip.wait_for(all_of(BLUE), timeout=WAIT_S)
+    assert returned < 0.5
+
+
+def test_commands_played_back_to_back_are_all_reported_in_order() -> None:
+    strip = SimulatedStrip(COUNT)
+    reports = Reports(strip)
+    with EffectPlayer(strip, on_change=reports) as player:
+        played = [player.play(cmd(Effect.SOLID, f"c{i}", color=Color(i, 0, 0))) for i in range(20)]
+        assert reports.wait(20) == played
+        strip.wait_for(all_of(Color(19, 0, 0)), timeout=WAIT_S)
+
+
+def test_on_change_may_play_a_command_itself() -> None:
+    strip = SimulatedStrip(COUNT)
+    reports = Reports(strip)
+    players: list[EffectPlayer] = []
+
+    def follow_up(state: LedState) -> None:
+        reports(state)
+        if state.command_id == "first":
+            players[0].play(cmd(Effect.SOLID, "second", color=BLUE))
+
+    player = EffectPlayer(strip, on_change=follow_up)
+    players.append(player)
+    try:
+        player.play(cmd(Effect.SOLID, "first", color=RED))
+        assert [s.command_id for s in reports.wait(2)] == ["first", "second"]
+        strip.wait_for(all_of(BLUE), timeout=WAIT_S)
+    finally:
+        player.close()
+
+
+def test_a_command_played_just_before_close_is_still_reported(rig: Rig) -> None:
+    rig.clock.wait_blocked()
+    state = rig.player.play(cmd(Effect.SOLID, "last", color=RED))
+    rig.player.close()
+    assert rig.states == [state]
 
 
 def test_missing_color_and_brightness_keep_the_current_ones(rig: Rig) -> None:
