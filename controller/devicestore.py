@@ -12,6 +12,11 @@ additions make the cache safe to act on at once:
   watch event carrying one of them is not news. Only a change someone else made (an
   operator, another replica) is reported as foreign, which is what should wake a
   reconcile; the controller no longer re-reconciles a device after each of its writes.
+  A write that comes back with someone else's change in it (a patch that changed
+  nothing returns the current object) is not counted as ours, so that change's event
+  still wakes a reconcile;
+- tombstones: a write answered just before its device was deleted must not bring the
+  device back, so the uids of deleted devices are remembered until the next list.
 
 Kubernetes asks clients to treat resourceVersions as opaque. They are only compared to
 keep the newer of two copies of an object (a late watch event must not replace what a
@@ -20,11 +25,15 @@ arriving last wins. A 409 makes the cached copy suspect: the next read goes to t
 """
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from controller.device import EdgeDevice
 from controller.errors import Conflict
 from controller.kube import EDGE_DEVICES, JsonObject, Kube
+
+TOMBSTONES = 10_000
+"""Uids of deleted devices remembered between lists (oldest forgotten first)."""
 
 
 class DeviceStore:
@@ -37,6 +46,7 @@ class DeviceStore:
         self._devices: dict[str, EdgeDevice] = {}
         self._ours: dict[str, set[str]] = {}
         self._suspect: set[str] = set()
+        self._gone: OrderedDict[str, None] = OrderedDict()
         self._synced = False
 
     # reads ---------------------------------------------------------------------------
@@ -74,6 +84,7 @@ class DeviceStore:
             self._devices = devices
             self._ours.clear()
             self._suspect.clear()
+            self._gone.clear()
             self._synced = True
 
     def observe(self, obj: JsonObject) -> bool:
@@ -89,12 +100,17 @@ class DeviceStore:
             self._store_locked(device)
         return foreign
 
-    def drop(self, name: str) -> EdgeDevice | None:
-        """The device was deleted; returns its last known state."""
+    def drop(self, name: str, *, uid: str | None = None) -> EdgeDevice | None:
+        """The device (that incarnation: `uid`) was deleted; returns its last known state."""
         with self._lock:
             self._ours.pop(name, None)
             self._suspect.discard(name)
-            return self._devices.pop(name, None)
+            last = self._devices.pop(name, None)
+            for gone in {uid, last.uid if last else None} - {None, ""}:
+                self._gone[str(gone)] = None
+            while len(self._gone) > TOMBSTONES:
+                self._gone.popitem(last=False)
+            return last
 
     # writes --------------------------------------------------------------------------
 
@@ -108,7 +124,9 @@ class DeviceStore:
     def patch(self, name: str, patch: JsonObject) -> EdgeDevice:
         """Merge-patch the object (metadata, spec)."""
         return self._write(
-            name, lambda: self._kube.merge_patch(EDGE_DEVICES, name, patch, namespace=self._ns)
+            name,
+            lambda: self._kube.merge_patch(EDGE_DEVICES, name, patch, namespace=self._ns),
+            patch=patch,
         )
 
     def patch_status(self, name: str, patch: JsonObject) -> EdgeDevice:
@@ -120,29 +138,56 @@ class DeviceStore:
             ),
         )
 
-    def _write(self, name: str, call: Callable[[], JsonObject]) -> EdgeDevice:
+    def _write(
+        self,
+        name: str,
+        call: Callable[[], JsonObject],
+        *,
+        patch: JsonObject | None = None,
+    ) -> EdgeDevice:
+        with self._lock:
+            before = self._devices.get(name)
         try:
             obj = call()
         except Conflict:
             with self._lock:
                 self._suspect.add(name)
             raise
-        return self._keep(obj, ours=True)
-
-    def _keep(self, obj: JsonObject, *, ours: bool = False) -> EdgeDevice:
         device = EdgeDevice.from_api(obj)
         with self._lock:
-            if ours:
+            if before is None or _only_ours(before, device, patch=patch or {}):
                 self._ours.setdefault(device.name, set()).add(device.resource_version)
             return self._store_locked(device)
 
+    def _keep(self, obj: JsonObject) -> EdgeDevice:
+        with self._lock:
+            return self._store_locked(EdgeDevice.from_api(obj))
+
     def _store_locked(self, device: EdgeDevice) -> EdgeDevice:
-        """Keep the newer copy; returns the one kept."""
+        """Keep the newer copy of a device not deleted since; returns the one kept."""
+        if device.uid in self._gone:
+            return device  # answered after the device was deleted: not news, not kept
         current = self._devices.get(device.name)
         if current is not None and _older(device.resource_version, current.resource_version):
             return current
         self._devices[device.name] = device
         return device
+
+
+def _only_ours(before: EdgeDevice, after: EdgeDevice, *, patch: JsonObject) -> bool:
+    """Whether a write's answer holds no change but the ones the write made.
+
+    Operators change annotations and spec; the controller's writes change status, or the
+    annotations and spec fields its merge patch names.
+    """
+    annotations = set(patch.get("metadata", {}).get("annotations", {}))
+    spec = set(patch.get("spec", {}))
+
+    def others(device: EdgeDevice) -> tuple[dict[str, str], dict[str, object]]:
+        kept = {k: v for k, v in device.annotations.items() if k not in annotations}
+        return kept, device.spec.model_dump(exclude=spec)
+
+    return others(before) == others(after)
 
 
 def _older(version: str, than: str) -> bool:

@@ -130,7 +130,7 @@ class DeviceWatch(_ListWatch):
         """Reconcile a device someone else changed; forget one that was deleted."""
         name = event.object["metadata"]["name"]
         if event.type == "DELETED":
-            self._store.drop(name)
+            self._store.drop(name, uid=event.object["metadata"].get("uid"))
             if self._on_deleted is not None:
                 self._on_deleted(name)
         elif not self._store.observe(event.object):
