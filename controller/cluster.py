@@ -47,24 +47,44 @@ class ClusterSource:
         self._ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._epoch = 0
         self._cached: tuple[float, ClusterInputs] | None = None
 
     def get(self) -> ClusterInputs:
         """The current inputs. Raises Waiting when one is missing."""
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        # One refresh at a time: the workers that find the cache stale together wait for
+        # it instead of each reading the same three objects.
+        with self._refreshing:
+            fresh = self._fresh()
+            if fresh is not None:
+                return fresh
+            with self._lock:
+                epoch = self._epoch
+            inputs = ClusterInputs(
+                root_cert=self._root_cert(),
+                mesh_yaml=self._mesh_yaml(),
+                istiod_ip=self._istiod_ip(),
+            )
+            with self._lock:
+                if epoch == self._epoch:  # else a change came in while we read: not cached
+                    self._cached = (self._clock(), inputs)
+            return inputs
+
+    def _fresh(self) -> ClusterInputs | None:
         with self._lock:
             if self._cached and self._clock() - self._cached[0] < self._ttl_s:
                 return self._cached[1]
-        inputs = ClusterInputs(
-            root_cert=self._root_cert(), mesh_yaml=self._mesh_yaml(), istiod_ip=self._istiod_ip()
-        )
-        with self._lock:
-            self._cached = (self._clock(), inputs)
-        return inputs
+            return None
 
     def invalidate(self) -> None:
         """Forget the cache (the root cert or mesh config changed)."""
         with self._lock:
             self._cached = None
+            self._epoch += 1
 
     def _root_cert(self) -> str:
         ns = self._settings.namespace
