@@ -65,9 +65,11 @@ from device.leds import Color, Frame, SimulatedStrip
 from device.settings import AgentSettings
 from sandbox.broker import Mosquitto
 from shared import DEFAULT_TOPIC_PREFIX
-from shared.messages import Led, encode, now_utc
+from shared.codec import encode
+from shared.messages import Led
 from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
+from shared.timestamps import now_utc
 from shared.topics import Topics
 
 MAX_PER_PROCESS = 200

@@ -42,23 +42,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared.codec import decode_as, decode_bundle_content, encode
 from shared.crypto import DeviceKeys, load_sign_public, new_nonce, open_bundle
 from shared.errors import PimeshError
-from shared.messages import (
-    Ack,
-    Announce,
-    Bundle,
-    ControllerStatus,
-    Enrollment,
-    Keys,
-    Port,
-    Status,
-    decode_as,
-    decode_bundle_content,
-    encode,
-    now_utc,
-)
+from shared.messages import Ack, Announce, Bundle, ControllerStatus, Enrollment, Keys, Port, Status
 from shared.signing import sign_message, verify_message
+from shared.timestamps import now_utc
 from shared.topics import Channel, Topics
 
 MAX_PER_WORKER = 200

@@ -25,7 +25,8 @@ from cli.errors import CliError, UsageError
 from controller.device import EdgeDevice
 from controller.errors import ApiError, ApiUnavailable, NotFound
 from controller.kube import EDGE_DEVICES, Kube
-from shared.messages import format_ts, is_device_id, now_utc
+from shared.fields import is_device_id
+from shared.timestamps import format_ts, now_utc
 
 JsonObject = dict[str, Any]
 

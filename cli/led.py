@@ -17,18 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cli.errors import UsageError
 from cli.mqtt import publish_once
-from shared.messages import (
-    EFFECTS,
-    Brightness,
-    Color,
-    DurationMs,
-    Led,
-    encode,
-    is_device_id,
-    now_utc,
-)
+from shared.codec import encode
+from shared.fields import EFFECTS, Brightness, Color, DurationMs, is_device_id
+from shared.messages import Led
 from shared.mqtt import Outgoing
 from shared.settings import MqttSettings
+from shared.timestamps import now_utc
 from shared.topics import Channel, Topics
 
 FLEET = "all"

@@ -51,7 +51,8 @@ from cli.options import (
     mqtt_settings,
 )
 from controller.device import REKEY_ANNOTATION, ROTATE_ANNOTATION, EdgeDevice
-from shared.messages import EFFECTS, now_utc
+from shared.fields import EFFECTS
+from shared.timestamps import now_utc
 
 DeviceId = Annotated[str, typer.Argument(metavar="ID", help="Device id (its EdgeDevice's name).")]
 

@@ -22,8 +22,9 @@ from controller.meshconfig import (
     render_ztunnel_env,
 )
 from shared.canonical import canonical_json
+from shared.codec import encode
 from shared.crypto import load_kx_public, seal_bundle
-from shared.messages import BundleContent, HostEntry, encode
+from shared.messages import BundleContent, HostEntry
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from datetime import datetime
 from controller.errors import Conflict, ControllerError, NotFound
 from controller.kube import LEASES, JsonObject, Kube
 from controller.resources import MANAGED_BY
-from shared.messages import now_utc
+from shared.timestamps import now_utc
 
 log = logging.getLogger(__name__)
 

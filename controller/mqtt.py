@@ -16,19 +16,13 @@ import socket
 from collections.abc import Callable
 from importlib.metadata import version
 
+from shared.codec import encode
 from shared.crypto import ControllerKey
-from shared.messages import (
-    Bundle,
-    ControllerKeys,
-    ControllerStatus,
-    Enrollment,
-    MessageBase,
-    encode,
-    now_utc,
-)
+from shared.messages import Bundle, ControllerKeys, ControllerStatus, Enrollment, MessageBase
 from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
 from shared.signing import sign_message
+from shared.timestamps import now_utc
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from pydantic import (
 from controller.errors import ControllerError, PermanentError
 from controller.kube import AUTHORIZATION_POLICIES, Kube
 from controller.resources import DEVICE_LABEL, GROUP_LABEL_PREFIX, MANAGED_BY
-from shared.messages import DeviceId, DnsLabel
+from shared.fields import DeviceId, DnsLabel
 
 log = logging.getLogger(__name__)
 

@@ -32,39 +32,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import SecretStr
-
 from controller.absorb import Absorber
 from controller.admission import consume_join_token, matches_auto_approve
-from controller.bundle import IssuedToken, MeshParts, build_content, render_parts, seal
+from controller.bundle import MeshParts
 from controller.cluster import ClusterSource
-from controller.conditions import clear_condition, set_condition
+from controller.conditions import set_condition
 from controller.device import EdgeDevice, Phase
 from controller.devicestore import DeviceStore
 from controller.errors import Waiting
 from controller.events import EventRecorder
 from controller.inbox import Inbox
+from controller.issuer import Issuer, seconds_to_half_life
 from controller.kube import Kube
-from controller.meshconfig import MeshInputs
-from controller.meshobjects import DEFAULT_APP, AppKey, MeshObjects
+from controller.meshobjects import AppKey, MeshObjects
 from controller.metrics import ControllerMetrics
 from controller.rotation import token_at_risk
 from controller.settings import ControllerSettings
 from controller.workqueue import Enqueue
-from shared.messages import Announce, Bundle, Enrollment, parse_ts
+from shared.messages import Announce, Bundle, Enrollment
 from shared.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
 
-TOKEN_AUDIENCE = "istio-ca"  # noqa: S105 - an audience, not a secret
-
 APP_SETTLE_S = 1.0
 """How long an app's shared objects wait for more of its devices to change: a boot
 storm then costs one apply per app and second, not one per device."""
-
-REUSE_S = 60.0
-"""A token minted for a bundle whose recording failed is used by the retry for this
-long, rather than asking the API server for another one."""
 
 WorkKey = str | AppKey
 """A device id, or an app whose shared objects need converging."""
@@ -115,8 +107,6 @@ class Reconciler:
         self._ns = settings.namespace
         self._publisher = publisher
         self._inbox = inbox
-        self._cluster = cluster
-        self._metrics = metrics
         self._now = now
         self._queue = queue
         self.events = EventRecorder(kube, namespace=self._ns, now=now)
@@ -137,10 +127,17 @@ class Reconciler:
         )
         self._lock = threading.Lock()
         self._told: dict[str, tuple[str, str]] = {}
-        self._rotation_due = rotation_due
-        self._token_permit = token_permit
         self._spent_tokens: dict[str, str] = {}
-        self._minted: dict[str, IssuedToken] = {}
+        self._issuer = Issuer(
+            kube,
+            settings,
+            cluster=cluster,
+            sink=publisher,
+            metrics=metrics,
+            now=now,
+            rotation_due=rotation_due,
+            token_permit=token_permit,
+        )
 
     def forget(self, device_id: str) -> None:
         """Drop what this process remembers of a deleted device (PROTOCOL.md, step 4).
@@ -198,21 +195,24 @@ class Reconciler:
             self._tell(device, "Approved", "approved; waiting for the device to announce itself")
             return Result()
         try:
-            parts = self._render(device, addresses[0])
+            parts = self._issuer.render(device, addresses[0])
         except Waiting as exc:
             self._tell(device, "Approved", exc.reason, condition=(exc.condition, exc.reason))
             return Result(requeue_after_s=exc.retry_after_s)
         self._mesh.apply_device(device)
         digest = _bundle_hash(parts, keys.kx)
-        why = self._why_new_bundle(device, digest)
+        why = self._issuer.why_new(device, digest=digest)
         # The token is minted before the app's objects are applied: the longer a device
         # waits to be included, the more devices one apply of them covers.
-        token = None if why is None else self._mint(device, paced=device.status.generation > 0)
+        token = None if why is None else self._issuer.mint(device)
         for other in self._mesh.include(device):
             self._queue.add(other)  # its PortConflict condition changed
         device = self._note_port_conflicts(device)
         if why is not None and token is not None:
-            device = self._issue(device, parts, issued=token, digest=digest, why=why)
+            changes = self._issuer.record(device, issued=token, digest=digest)
+            # Recorded before publishing, so a number never goes out with two contents.
+            device = self._save(device.with_status(**changes), precondition=True)
+            self._issuer.publish(device, parts, issued=token, why=why)
         device = self._watch_expiry(device)
         generation = device.status.generation
         self._tell(device, "Enrolled", f"bundle generation {generation} published")
@@ -245,7 +245,7 @@ class Reconciler:
 
     def _next_check_s(self, device: EdgeDevice) -> float:
         """Come back at the token's half-life, or sooner to re-check an unacked bundle."""
-        half_life = self._seconds_to_half_life(device)
+        half_life = seconds_to_half_life(device.status, now=self._now())
         status = device.status
         if status.acked_generation < status.generation and status.online:
             return min(half_life, float(self._settings.ack_timeout) + 1)
@@ -308,121 +308,6 @@ class Reconciler:
         reason = "revoked by an operator: it gets no credentials until spec.revoked is unset"
         self._tell(device, "Revoked", reason)
         return Result()
-
-    # bundles ---------------------------------------------------------------------------
-
-    def _render(self, device: EdgeDevice, address: str) -> MeshParts:
-        cluster = self._cluster.get()
-        inputs = MeshInputs(
-            namespace=self._ns,
-            device_id=device.name,
-            app=device.spec.app or DEFAULT_APP,
-            mesh_address=address,
-            istiod_ip=cluster.istiod_ip,
-            cluster_id=self._settings.cluster_id,
-            istiod_address=self._settings.istiod_address,
-            revision=self._settings.istio_revision,
-            mesh_yaml=cluster.mesh_yaml,
-        )
-        return render_parts(inputs, root_cert=cluster.root_cert)
-
-    def _mint(self, device: EdgeDevice, *, paced: bool) -> IssuedToken:
-        """A new token for the device, or the one minted for it by a try that failed.
-
-        Renewals are paced (`--rotation-rate`): a rotation run or a root-certificate
-        change renews the whole fleet at once, and that wave is the controller's own
-        doing. A device's first token is not: enrollments come as fast as devices
-        announce (each limited by the intake), and the API server's own flow control
-        guards it from a boot storm of new devices.
-        """
-        with self._lock:
-            minted = self._minted.get(device.uid)
-        if minted is not None and (self._now() - minted.issued_at).total_seconds() < REUSE_S:
-            return minted
-        with self._token_permit() if paced else nullcontext():
-            token, expires = self._kube.request_token(
-                device.name,
-                namespace=self._ns,
-                audience=TOKEN_AUDIENCE,
-                ttl_s=self._settings.token_ttl,
-            )
-        issued = IssuedToken(SecretStr(token), issued_at=self._now(), expires_at=parse_ts(expires))
-        with self._lock:
-            self._minted[device.uid] = issued
-        return issued
-
-    def _why_new_bundle(self, device: EdgeDevice, digest: str) -> str | None:
-        status = device.status
-        if status.generation == 0:
-            return "first bundle"
-        if status.bundle_hash != digest:
-            return "mesh inputs, address or keys changed"
-        if device.rotation_requested:
-            return "rotation requested"
-        if self._rotation_due(status.token_issued_at):
-            return "fleet rotation run"
-        if self._seconds_to_half_life(device) <= 0:
-            return "token past half of its life"
-        if self._unacked_too_long(device):
-            return "an online device never acked the last generation"
-        return None
-
-    def _unacked_too_long(self, device: EdgeDevice) -> bool:
-        """The last bundle may be lost (a controller killed between recording and publishing).
-
-        Only for an online device that said nothing about the generation for a while: an
-        offline one gets the retained bundle on reconnect, and one that acked `failed`
-        needs an operator, not another token.
-        """
-        status = device.status
-        if status.acked_generation >= status.generation or not status.online:
-            return False
-        applied = status.condition("BundleApplied")
-        if applied and applied.message.startswith(f"generation {status.generation}"):
-            return False
-        issued = status.token_issued_at
-        waited = (self._now() - issued).total_seconds() if issued else float("inf")
-        return waited > self._settings.ack_timeout
-
-    def _seconds_to_half_life(self, device: EdgeDevice) -> float:
-        issued, expires = device.status.token_issued_at, device.status.token_expires_at
-        if issued is None or expires is None:
-            return 0.0
-        half_life = issued + (expires - issued) / 2
-        return max(0.0, (half_life - self._now()).total_seconds())
-
-    def _issue(
-        self, device: EdgeDevice, parts: MeshParts, *, issued: IssuedToken, digest: str, why: str
-    ) -> EdgeDevice:
-        generation = device.status.generation + 1
-        changes: dict[str, Any] = {
-            "generation": generation,
-            "bundle_hash": digest,
-            "token_issued_at": issued.issued_at,
-            "token_expires_at": issued.expires_at,
-            "phase": "Enrolled",
-            "reason": f"bundle generation {generation} published",
-            "conditions": clear_condition(device.status.conditions, "RootCertMissing"),
-        }
-        if device.rotation_requested:
-            changes["rotation_handled"] = device.rotation_requested
-        # Recorded before publishing. Should that fail, the retry uses the same token.
-        device = self._save(device.with_status(**changes), precondition=True)
-        with self._lock:
-            self._minted.pop(device.uid, None)
-        content = build_content(
-            parts, generation=generation, token=issued, namespace=self._ns, device_id=device.name
-        )
-        assert device.status.keys is not None  # noqa: S101 - checked by _converge
-        sealed = seal(content, kx_public_b64=device.status.keys.kx, device_id=device.name)
-        self._publisher.publish_bundle(
-            Bundle(device_id=device.name, ts=self._now(), generation=generation, sealed=sealed)
-        )
-        self._metrics.bundles.labels(why=why).inc()
-        log.info(
-            "bundle issued", extra={"device": device.name, "generation": generation, "why": why}
-        )
-        return device
 
     # phase, status and what the device is told -------------------------------------------
 

@@ -32,8 +32,8 @@ from controller.rotation import Rotation, build_schedule, fleet_expiry
 from controller.settings import ControllerSettings
 from controller.sources import ConfigWatch, DeviceWatch
 from controller.workqueue import ShutDown, WorkQueue
-from shared.messages import now_utc
 from shared.settings import MqttSettings
+from shared.timestamps import now_utc
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)

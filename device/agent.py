@@ -35,8 +35,10 @@ from device.netinfo import arch, boot_id, detect_addresses, os_name
 from device.settings import AgentSettings
 from device.trust import ControllerTrust
 from device.ztunnel import ZtunnelSupervisor
+from shared.codec import encode
 from shared.crypto import DeviceKeys
 from shared.errors import InvalidMessage
+from shared.fields import new_nonce
 from shared.messages import (
     Ack,
     Announce,
@@ -48,14 +50,12 @@ from shared.messages import (
     MessageBase,
     Port,
     Status,
-    encode,
-    new_nonce,
-    now_utc,
 )
 from shared.messages import LedState as LedStateMessage
 from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
 from shared.signing import sign_message
+from shared.timestamps import now_utc
 from shared.topics import Channel, Topics, decode_on
 
 if TYPE_CHECKING:

@@ -33,9 +33,11 @@ from device.install import (
 )
 from device.settings import AgentSettings
 from device.ztunnel import ZtunnelSupervisor
+from shared.codec import decode_bundle_content
 from shared.crypto import DeviceKeys, open_bundle
 from shared.errors import InvalidMessage, SealError
-from shared.messages import Bundle, BundleContent, decode_bundle_content, format_ts, parse_ts
+from shared.messages import Bundle, BundleContent
+from shared.timestamps import format_ts, parse_ts
 
 log = logging.getLogger(__name__)
 

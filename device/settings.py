@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.messages import is_device_id
+from shared.fields import is_device_id
 from shared.settings import dns_label, split_commas
 
 LedBackend = Literal["ws281x", "simulated"]

@@ -39,17 +39,12 @@ from device.errors import DeviceError
 from device.ledlink import is_stale, to_message, to_spec
 from device.leds import Effect, EffectPlayer, LedState
 from device.webpage import PAGE
+from shared.codec import MAX_PAYLOAD_BYTES, decode_as, encode
 from shared.errors import InvalidMessage
-from shared.messages import (
-    EFFECTS,
-    MAX_PAYLOAD_BYTES,
-    Led,
-    decode_as,
-    encode,
-    new_nonce,
-    now_utc,
-)
+from shared.fields import EFFECTS, new_nonce
+from shared.messages import Led
 from shared.messages import LedState as LedStateMessage
+from shared.timestamps import now_utc
 
 log = logging.getLogger(__name__)
 

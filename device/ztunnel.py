@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device.errors import ZtunnelError
-from shared.messages import ZtunnelState
+from shared.fields import ZtunnelState
 
 log = logging.getLogger(__name__)
 

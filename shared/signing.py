@@ -9,9 +9,10 @@ from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared.codec import signing_bytes
 from shared.crypto import load_sign_public, sign, verify
 from shared.errors import BadSignature, InvalidMessage
-from shared.messages import MessageBase, signing_bytes
+from shared.messages import MessageBase
 
 M = TypeVar("M", bound=MessageBase)
 

@@ -13,8 +13,10 @@ from enum import StrEnum
 from typing import Final
 
 from shared import DEFAULT_TOPIC_PREFIX
+from shared.codec import decode
 from shared.errors import InvalidMessage, InvalidTopic
-from shared.messages import ControllerStatus, DeviceMessage, Led, Message, decode, is_device_id
+from shared.fields import is_device_id
+from shared.messages import ControllerStatus, DeviceMessage, Led, Message
 
 CONTROLLER_SHARE_GROUP: Final = "pimesh-controller"
 """The MQTT 5 shared-subscription group controller replicas split announces and acks in."""

@@ -8,7 +8,7 @@ import pytest
 
 from cli.devices import relative, span, token_cell
 from controller.kube import EDGE_DEVICES, Kube
-from shared.messages import format_ts, now_utc
+from shared.timestamps import format_ts, now_utc
 from tests.cli.conftest import Pimesh, make_device
 
 pytestmark = pytest.mark.timeout(30)

@@ -14,7 +14,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sandbox.broker import Mosquitto
-from shared.messages import Led, decode, now_utc
+from shared.codec import decode
+from shared.messages import Led
+from shared.timestamps import now_utc
 from tests.cli.conftest import Pimesh
 
 pytestmark = pytest.mark.timeout(30)

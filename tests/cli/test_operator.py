@@ -10,7 +10,7 @@ import yaml
 
 from controller.device import REKEY_ANNOTATION, ROTATE_ANNOTATION
 from controller.kube import Kube
-from shared.messages import now_utc, parse_ts
+from shared.timestamps import now_utc, parse_ts
 from tests.cli.conftest import Pimesh, get_device, make_device
 
 pytestmark = pytest.mark.timeout(30)

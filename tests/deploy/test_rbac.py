@@ -269,7 +269,7 @@ def test_every_kube_method_has_its_verbs() -> None:
 def test_the_scan_finds_the_known_call_sites() -> None:
     found = {(s.module, s.method) for s in call_sites()}
     assert {("admission", "list"), ("admission", "delete"), ("identity", "create")} <= found
-    assert {("reconciler", "request_token"), ("policy", "apply"), ("run", "apply")} <= found
+    assert {("issuer", "request_token"), ("policy", "apply"), ("run", "apply")} <= found
     assert {("sources", "watch"), ("events", "create"), ("leader", "replace")} <= found
     assert renderers() == {
         "namespace": "Namespace",

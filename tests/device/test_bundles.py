@@ -10,8 +10,9 @@ from pydantic import SecretStr
 from device.bundles import BundleInstaller
 from device.settings import AgentSettings
 from device.ztunnel import ZtunnelSupervisor
+from shared.codec import encode
 from shared.crypto import DeviceKeys, seal_bundle
-from shared.messages import Bundle, BundleContent, HostEntry, encode
+from shared.messages import Bundle, BundleContent, HostEntry
 
 DEVICE = "pi-kitchen"
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)

@@ -24,12 +24,14 @@ from device.leds.effects import WHEEL_POSITIONS, apply_brightness, rainbow_frame
 from device.settings import AgentSettings
 from device.web import NO_STRIP, LedMetrics, WebServer, create_app
 from sandbox.broker import Mosquitto
+from shared.codec import decode_as, encode
 from shared.crypto import DeviceKeys
 from shared.errors import BadSignature
-from shared.messages import Led, decode_as, encode, now_utc
+from shared.messages import Led
 from shared.messages import LedState as LedStateMessage
 from shared.settings import MqttSettings
 from shared.signing import sign_message, verify_message
+from shared.timestamps import now_utc
 from tests.harness.agents import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -19,7 +19,7 @@ import pytest
 from device.errors import DeviceError, ZtunnelError
 from device.ztunnel import Backoff, ZtunnelSupervisor, child_environment, resolve_user
 from sandbox.standin_ztunnel import EXIT_AFTER_ENV, RECORD_ENV
-from shared.messages import ZtunnelState
+from shared.fields import ZtunnelState
 
 pytestmark = pytest.mark.timeout(60)
 

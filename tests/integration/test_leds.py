@@ -25,10 +25,13 @@ from device.leds import Color, SimulatedStrip
 from device.leds.driver import Frame, fill
 from device.leds.effects import WHEEL_POSITIONS, rainbow_frame
 from sandbox.broker import Mosquitto
-from shared.messages import Effect, Led, LedState, decode_as, encode, now_utc
+from shared.codec import decode_as, encode
+from shared.fields import Effect
+from shared.messages import Led, LedState
 from shared.mqtt import Incoming, MqttLink, Outgoing
 from shared.settings import MqttSettings
 from shared.signing import verify_message
+from shared.timestamps import now_utc
 from shared.topics import Channel, Topics
 from tests.harness.agents import AgentRig, free_port, rig_fixture  # noqa: F401 - fixture
 from tests.harness.controller import ControllerFactory

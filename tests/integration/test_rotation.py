@@ -16,7 +16,7 @@ from kubernetes import client
 
 from device.agent import Agent
 from sandbox.tlsgen import CertificateAuthority
-from shared.messages import parse_ts
+from shared.timestamps import parse_ts
 from tests.harness.agents import AgentRig, rig_fixture, wait_until
 from tests.harness.controller import ControllerFactory, Mesh
 

@@ -21,7 +21,7 @@ from kubernetes import client
 from device.agent import Agent
 from sandbox.broker import Mosquitto
 from sandbox.kubeapi import KubeApiServer
-from shared.messages import parse_ts
+from shared.timestamps import parse_ts
 from tests.harness.agents import AgentRig, wait_until
 from tests.harness.broker import BrokerFactory
 from tests.harness.controller import ISTIOD_IP, Mesh

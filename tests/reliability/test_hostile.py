@@ -29,9 +29,11 @@ from controller.metrics import ControllerMetrics
 from controller.workqueue import WorkQueue
 from sandbox.broker import Mosquitto
 from sandbox.kubeapi import KubeApiServer
-from shared.messages import Announce, Bundle, decode_as, encode, now_utc
+from shared.codec import decode_as, encode
+from shared.messages import Announce, Bundle
 from shared.mqtt import Incoming
 from shared.signing import sign_message, verify_message
+from shared.timestamps import now_utc
 from shared.topics import Topics
 from tests.harness.agents import AgentRig, rig_fixture
 from tests.harness.controller import ControllerFactory, Mesh

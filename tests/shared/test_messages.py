@@ -1,4 +1,6 @@
-"""shared.messages: every limit of PROTOCOL.md, the decode rules, signatures' bytes, fuzzing.
+"""The wire as types: every limit of PROTOCOL.md, the decode rules, signatures' bytes, fuzzing.
+
+Covers `shared.fields`, `shared.timestamps`, `shared.messages` and `shared.codec` together.
 
 The example payloads here are written the way a third-party client would write them:
 plain dicts through json.dumps, never through our models.
@@ -16,11 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from shared.errors import InvalidMessage
-from shared.messages import (
-    DEVICE_ID_PATTERN,
-    EFFECTS,
+from shared.codec import (
     MAX_PAYLOAD_BYTES,
+    decode,
+    decode_as,
+    decode_bundle_content,
+    encode,
+    signing_bytes,
+    to_wire,
+)
+from shared.errors import InvalidMessage
+from shared.fields import DEVICE_ID_PATTERN, EFFECTS, new_nonce
+from shared.messages import (
     MESSAGE_TYPES,
     Ack,
     Announce,
@@ -36,16 +45,8 @@ from shared.messages import (
     MessageBase,
     Port,
     Status,
-    decode,
-    decode_as,
-    decode_bundle_content,
-    encode,
-    format_ts,
-    new_nonce,
-    parse_ts,
-    signing_bytes,
-    to_wire,
 )
+from shared.timestamps import format_ts, parse_ts
 
 Json = dict[str, Any]
 FAST = settings(

@@ -1,6 +1,6 @@
 """Golden JSON Schemas of the wire: a change to any message is a reviewed diff.
 
-Each model's schema (`shared.messages.wire_json_schema`, validation mode: what a sender
+Each model's schema (`shared.codec.wire_json_schema`, validation mode: what a sender
 may put on the wire) is pinned in `tests/shared/golden/<kind>.schema.json`, and
 `bundle_content.schema.json` pins the sealed plaintext. When a wire change is intended,
 regenerate them and review the diff:
@@ -22,6 +22,8 @@ import jsonschema
 import pytest
 from pydantic import SecretStr
 
+from shared.codec import encode, wire_json_schema
+from shared.fields import new_nonce
 from shared.messages import (
     MESSAGE_TYPES,
     Ack,
@@ -39,9 +41,6 @@ from shared.messages import (
     Port,
     Status,
     WireModel,
-    encode,
-    new_nonce,
-    wire_json_schema,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import DEFAULT_TOPIC_PREFIX
+from shared.codec import decode_as
 from shared.errors import InvalidMessage, InvalidTopic
-from shared.messages import DEVICE_ID_PATTERN, Announce, Led, decode_as
+from shared.fields import DEVICE_ID_PATTERN
+from shared.messages import Announce, Led
 from shared.topics import (
     CONTROLLER_SHARE_GROUP,
     Channel,
