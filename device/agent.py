@@ -298,8 +298,8 @@ class Agent:
         }
 
     def _web_server(self, port: int) -> "tuple[LedMetrics, WebServer]":
-        # Imported only here: Flask, werkzeug and prometheus_client are some 8 MB of RSS
-        # that an agent serving no page does without (benchmarks/agent_footprint.py).
+        # Imported only here: Flask and werkzeug are some 7 MB of RSS that an agent
+        # serving no page does without (benchmarks/agent_footprint.py).
         from device.web import LedMetrics, WebServer
 
         metrics = LedMetrics(self.leds)

@@ -30,14 +30,13 @@ from datetime import datetime
 
 from flask import Flask, Response, jsonify, request
 from markupsafe import escape
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from device.errors import DeviceError
 from device.ledlink import is_stale, to_message, to_spec
 from device.leds import Effect, EffectPlayer, LedState
+from device.metrics import CONTENT_TYPE, Counter, Gauge, render
 from device.webpage import PAGE
 from shared.codec import MAX_PAYLOAD_BYTES, decode_as, encode
 from shared.errors import InvalidMessage
@@ -63,29 +62,26 @@ _SWITCH_BODY = (
 
 
 class LedMetrics:
-    """The agent's LED metrics, in a registry of its own (several agents share a process).
+    """The agent's LED metrics (each agent has its own: several may share a process).
 
     Attributes:
-        registry: What `/metrics` exposes.
         accepted: Commands applied, by source (`mqtt`, `http`).
         rejected: Commands refused or ignored, by source and reason (`invalid`, `stale`,
             `no_strip`).
     """
 
     def __init__(self, player: EffectPlayer | None) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
         self.accepted = Counter(
-            "pimesh_led_commands", "LED commands applied, by source.", ["source"], registry=r
+            "pimesh_led_commands", "LED commands applied, by source.", ("source",)
         )
         self.rejected = Counter(
             "pimesh_led_commands_rejected",
             "LED commands refused or ignored, by source and reason.",
-            ["source", "reason"],
-            registry=r,
+            ("source", "reason"),
         )
+        self._metrics: list[Counter | Gauge] = [self.accepted, self.rejected]
         if player is not None:
-            _state_gauges(player, registry=r)
+            self._metrics.extend(_state_gauges(player))
 
     def count(self, state: LedState | None, *, source: str) -> None:
         """Counts one command's outcome: applied (a state) or ignored as stale (`None`)."""
@@ -96,18 +92,28 @@ class LedMetrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        return render(self._metrics)
 
 
-def _state_gauges(player: EffectPlayer, *, registry: CollectorRegistry) -> None:
+def _state_gauges(player: EffectPlayer) -> list[Gauge]:
     """Gauges read from the player at scrape time, so they are never out of date."""
-    brightness = Gauge("pimesh_led_brightness", "Current brightness, 0-255.", registry=registry)
-    brightness.set_function(lambda: player.state().brightness)
-    failed = Gauge("pimesh_led_strip_failed", "1 once the strip has failed.", registry=registry)
-    failed.set_function(lambda: int(player.state().failed))
-    effect = Gauge("pimesh_led_effect", "1 for the effect running.", ["effect"], registry=registry)
-    for name in EFFECTS:
-        effect.labels(effect=name).set_function(_running(player, name))
+    return [
+        Gauge(
+            "pimesh_led_brightness",
+            "Current brightness, 0-255.",
+            {(): lambda: player.state().brightness},
+        ),
+        Gauge(
+            "pimesh_led_strip_failed",
+            "1 once the strip has failed.",
+            {(): lambda: int(player.state().failed)},
+        ),
+        Gauge(
+            "pimesh_led_effect",
+            "1 for the effect running.",
+            {(("effect", name),): _running(player, name) for name in EFFECTS},
+        ),
+    ]
 
 
 def _running(player: EffectPlayer, effect: str) -> Callable[[], float]:
@@ -153,7 +159,7 @@ def create_app(
     app.add_url_rule("/api/led", "led_command", led.command, methods=["POST"])
     app.add_url_rule("/healthz", "healthz", lambda: jsonify(health()))
     app.add_url_rule(
-        "/metrics", "metrics", lambda: Response(counted.render(), content_type=CONTENT_TYPE_LATEST)
+        "/metrics", "metrics", lambda: Response(counted.render(), content_type=CONTENT_TYPE)
     )
     app.register_error_handler(HTTPException, _http_error)
     return app

@@ -21,10 +21,18 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
 
-NEVER_IN_AN_AGENT = {"kubernetes", "kmock", "aiohttp", "jsonschema", "controller", "sandbox"}
+NEVER_IN_AN_AGENT = {
+    "kubernetes",
+    "kmock",
+    "aiohttp",
+    "jsonschema",
+    "controller",
+    "sandbox",
+    "prometheus_client",  # the agent writes its /metrics text itself (device.metrics)
+}
 """What the other commands need and an agent on a Pi must not load."""
-THE_WEB_PAGE = {"flask", "werkzeug", "jinja2", "prometheus_client"}
-"""What only the LED page (and its /metrics) needs: `--http-port 0` goes without."""
+THE_WEB_PAGE = {"flask", "werkzeug", "jinja2"}
+"""What only the LED page needs: `--http-port 0` goes without."""
 
 AGENT_RUN_PROBE = textwrap.dedent(
     """
