@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 
 DeviceInput = Announce | Ack | Status
 
-RETRY_MEMORY = 1_024
+RETRY_MEMORY = 16_384
 """Admitted messages awaiting a retry that are remembered; beyond it the oldest is
-forgotten, and its retry is then refused as a replay (fail closed)."""
+forgotten, and its retry is then refused as a replay (fail closed). A failed reconcile
+puts all of its messages back, so a storm of API errors can hold one or two messages
+per device of the fleet; a few hundred bytes each."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ recording failed is kept for the retry, so a flaky API server does not make the
 controller ask for token after token.
 """
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -48,6 +49,14 @@ class BundleSink(Protocol):
 
     def publish_bundle(self, msg: Bundle) -> None:
         """Publish a signed, sealed bundle (retained)."""
+
+
+def bundle_hash(parts: MeshParts, *, kx: str) -> str:
+    """`status.bundleHash`: a digest of what the bundle is built from and sealed to.
+
+    A new device key needs a new bundle as much as a new root certificate does.
+    """
+    return "sha256:" + hashlib.sha256(f"{parts.digest()}|{kx}".encode()).hexdigest()
 
 
 def seconds_to_half_life(status: DeviceStatus, *, now: datetime) -> float:

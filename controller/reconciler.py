@@ -23,7 +23,6 @@ this process is remembered, so a no-op reconcile makes no API call at all. An ap
 shared objects have their own key (`AppKey`, `controller.meshobjects`).
 """
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -34,7 +33,6 @@ from typing import Any, Protocol
 
 from controller.absorb import Absorber
 from controller.admission import consume_join_token, matches_auto_approve
-from controller.bundle import MeshParts
 from controller.cluster import ClusterSource
 from controller.conditions import set_condition
 from controller.device import EdgeDevice, Phase
@@ -42,7 +40,7 @@ from controller.devicestore import DeviceStore
 from controller.errors import Waiting
 from controller.events import EventRecorder
 from controller.inbox import Inbox
-from controller.issuer import Issuer, seconds_to_half_life
+from controller.issuer import Issuer, bundle_hash, seconds_to_half_life
 from controller.kube import Kube
 from controller.meshobjects import AppKey, MeshObjects
 from controller.metrics import ControllerMetrics
@@ -200,7 +198,7 @@ class Reconciler:
             self._tell(device, "Approved", exc.reason, condition=(exc.condition, exc.reason))
             return Result(requeue_after_s=exc.retry_after_s)
         self._mesh.apply_device(device)
-        digest = _bundle_hash(parts, keys.kx)
+        digest = bundle_hash(parts, kx=keys.kx)
         why = self._issuer.why_new(device, digest=digest)
         # The token is minted before the app's objects are applied: the longer a device
         # waits to be included, the more devices one apply of them covers.
@@ -375,7 +373,3 @@ class Reconciler:
             # with different content, even by two replicas.
             patch["metadata"] = {"resourceVersion": device.resource_version}
         return self._devices.patch_status(device.name, patch)
-
-
-def _bundle_hash(parts: MeshParts, kx: str) -> str:
-    return "sha256:" + hashlib.sha256(f"{parts.digest()}|{kx}".encode()).hexdigest()
