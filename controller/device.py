@@ -15,6 +15,8 @@ Phase = Literal["Pending", "Approved", "Enrolled", "Rejected", "Revoked"]
 ROTATE_ANNOTATION = "pimesh.io/rotate-requested"
 REKEY_ANNOTATION = "pimesh.io/rekey-requested"
 APP_LABEL = "pimesh.io/app"
+DEFAULT_APP = "led-pi"
+"""The app of a device whose announce named none (the agent's default, as in the seed)."""
 
 
 class _Camel(BaseModel):
@@ -143,6 +145,11 @@ class EdgeDevice(BaseModel):
         """The merge patch for /status that writes the unsaved changes."""
         wire = self.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         return {"status": {to_camel(k): wire.get(to_camel(k)) for k in sorted(self.unsaved)}}
+
+    @property
+    def app(self) -> str:
+        """The app the device belongs to."""
+        return self.spec.app or DEFAULT_APP
 
     @property
     def rotation_requested(self) -> str | None:

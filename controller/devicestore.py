@@ -73,7 +73,7 @@ class DeviceStore:
     def members(self, app: str) -> list[EdgeDevice]:
         """The cached devices whose spec names `app`."""
         with self._lock:
-            return [d for d in self._devices.values() if (d.spec.app or "led-pi") == app]
+            return [d for d in self._devices.values() if d.app == app]
 
     # what the watch saw --------------------------------------------------------------
 

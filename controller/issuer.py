@@ -29,7 +29,6 @@ from controller.conditions import clear_condition
 from controller.device import DeviceStatus, EdgeDevice
 from controller.kube import Kube
 from controller.meshconfig import MeshInputs
-from controller.meshobjects import DEFAULT_APP
 from controller.metrics import ControllerMetrics
 from controller.settings import ControllerSettings
 from shared.messages import Bundle
@@ -100,7 +99,7 @@ class Issuer:
         inputs = MeshInputs(
             namespace=self._settings.namespace,
             device_id=device.name,
-            app=device.spec.app or DEFAULT_APP,
+            app=device.app,
             mesh_address=address,
             istiod_ip=cluster.istiod_ip,
             cluster_id=self._settings.cluster_id,

@@ -39,8 +39,6 @@ from controller.kube import (
 from controller.resources import DeviceView, PortSpec
 from shared.canonical import canonical_json
 
-DEFAULT_APP = "led-pi"
-
 
 @dataclass(frozen=True)
 class AppKey:
@@ -66,7 +64,7 @@ def view(device: EdgeDevice) -> DeviceView:
     return DeviceView(
         device_id=device.name,
         uid=device.uid,
-        app=device.spec.app or DEFAULT_APP,
+        app=device.app,
         address=device.status.addresses[0],
         online=device.status.online,
         groups=device.spec.groups,

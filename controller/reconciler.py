@@ -53,8 +53,8 @@ from shared.replay import ReplayGuard
 log = logging.getLogger(__name__)
 
 APP_SETTLE_S = 1.0
-"""How long an app's shared objects wait for more of its devices to change: a boot
-storm then costs one apply per app and second, not one per device."""
+"""How long an app waits, after a device left it, for others to leave too: its shared
+objects are then re-applied once (joining devices are group-committed instead)."""
 
 WorkKey = str | AppKey
 """A device id, or an app whose shared objects need converging."""
