@@ -170,6 +170,9 @@ class MeshObjects:
         service = resources.service(app, self._ns, members)
         if service is not None:
             self._apply_once(service)
+        elif self._forget(("Service", app)):
+            # Its devices announce no port any more: an app without ports has no Service.
+            self._kube.delete(SERVICES, app, namespace=self._ns)
         _, conflicts = resources.service_ports(members)
         changed = []
         with self._lock:
@@ -219,10 +222,11 @@ class MeshObjects:
         with self._lock:
             self._applied[key] = digest
 
-    def _forget(self, *keys: tuple[str, str]) -> None:
+    def _forget(self, *keys: tuple[str, str]) -> bool:
+        """Forget what was applied under `keys`; True when any of them had been."""
         with self._lock:
-            for key in keys:
-                self._applied.pop(key, None)
+            popped = [self._applied.pop(key, None) for key in keys]  # every key, always
+        return any(value is not None for value in popped)
 
 
 def _contribution(member: DeviceView) -> Contribution:

@@ -206,6 +206,23 @@ def test_a_conflicting_port_goes_to_the_later_device_and_clears_when_dropped(
     assert store.condition(first, "PortConflict") is None
 
 
+def test_an_app_whose_devices_drop_every_port_loses_its_service(
+    controller_factory: ControllerFactory,
+    device_factory: DeviceFactory,
+    store: Store,
+    ids: Callable[[str], str],
+) -> None:
+    controller_factory(auto_approve=["*"])
+    name = ids("a")
+    dev, _ = start(device_factory, name, app="quiet", ports=[HTTP])
+    wait_enrolled(store, name)
+    assert store.ports("quiet") == {"http-pi": 8080}
+
+    dev.announce(app="quiet", ports=[])
+    wait_until(lambda: store.service("quiet") is None, what="the port-less app's Service gone")
+    assert owner_uids(store.workload_group("quiet")) == {store.uid(name)}
+
+
 def test_an_earlier_id_arriving_later_takes_the_port_name_over(
     controller_factory: ControllerFactory,
     device_factory: DeviceFactory,
