@@ -1,4 +1,4 @@
-"""controller.policy: the policy file parsed, rendered and kept in step with the API."""
+"""The policy file parsed and rendered (controller.policyfile), and kept in step (policy)."""
 
 import socket
 import time
@@ -10,13 +10,8 @@ import pytest
 
 from controller.errors import PermanentError
 from controller.kube import AUTHORIZATION_POLICIES, Kube, load_api_client
-from controller.policy import (
-    PolicyEntry,
-    PolicySync,
-    load_policy_file,
-    parse_policies,
-    render,
-)
+from controller.policy import PolicySync
+from controller.policyfile import PolicyEntry, load_policy_file, parse_policies, render
 from tests.support.schemas import validate_manifest
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from controller.cluster import EASTWEST_SERVICE, ISTIO_NAMESPACE
-from controller.policy import parse_policies
+from controller.policyfile import parse_policies
 from controller.settings import ControllerSettings
 from shared.settings import MqttSettings
 from tests.support.schemas import validate_manifest

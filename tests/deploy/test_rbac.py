@@ -12,7 +12,7 @@ How a call's resource is found:
 - `self._resource` in controller/sources.py: the constant each list-watch class passes to
   `super().__init__`, in the namespaces the classes are constructed with;
 - `apply(manifest)`: the kinds rendered in that module (functions of controller/resources.py
-  and controller/policy.py returning a manifest literal), or the one renderer called in the
+  and controller/policyfile.py returning a manifest literal), or the one renderer called in the
   argument itself (`apply(namespace_manifest(ns))`).
 A call's namespace is istio-system when it passes `namespace=ISTIO_NAMESPACE`, the
 cluster for non-namespaced resources, and the fleet namespace otherwise.
@@ -51,7 +51,7 @@ VERBS = {
     "delete": {"delete"},
     "request_token": {"create"},  # on serviceaccounts/token
 }
-RENDERER_MODULES = ("resources", "policy")
+RENDERER_MODULES = ("resources", "policyfile")
 
 Grant = tuple[str, str, str, str]  # (namespace or CLUSTER, apiGroup, resource, verb)
 
