@@ -1,7 +1,7 @@
 """The system under test of the scaling benchmarks, and what /proc says about its processes.
 
 - `Cluster`: the Kubernetes API emulator (`sandbox.kubeapi`) in this process, with the
-  EdgeDevice CRD and what Istio would have put in a cluster (`sandbox.run.seed_cluster`).
+  EdgeDevice CRD and what Istio would have put in a cluster (`sandbox.cluster.seed_cluster`).
   The benchmark's own reads are tagged with a query parameter (`POLL_TAG`) so that they
   can be told apart from the controller's in the emulator's request log.
 - `ControllerProcess`: `python -m cli controller run` as a child process, the way it runs
@@ -32,8 +32,9 @@ import yaml
 
 from controller.kube import Kube, load_api_client
 from sandbox.broker import BrokerInfo
+from sandbox.cluster import EDGE_DEVICE_CRD, seed_cluster
 from sandbox.kubeapi import KubeApiServer, RequestRecord
-from sandbox.run import EDGE_DEVICE_CRD, free_port, seed_cluster
+from sandbox.run import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_TAG = "pimeshBenchPoll"

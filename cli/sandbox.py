@@ -43,7 +43,8 @@ from rich.live import Live
 from cli.options import MqttVersion as MqttVersionOption
 from cli.options import TopicPrefix, build_settings, describe, exits, fail
 from sandbox.broker import find_mosquitto
-from sandbox.run import MAX_DEVICES, PiSnapshot, Sandbox, SandboxInfo
+from sandbox.pis import PiSnapshot
+from sandbox.run import MAX_DEVICES, Sandbox, SandboxInfo
 from sandbox.view import ProgressLines, dashboard, fleet_table, instructions
 from shared import DEFAULT_TOPIC_PREFIX
 from shared.logs import TextFormatter

@@ -7,8 +7,8 @@ order (`stop` takes them down in the reverse one, also when a start fails half-w
    product ACL for the topic prefix and one broker user per simulated Pi, named after
    its id as the ACL wants (`sandbox.brokerconf`).
 2. The Kubernetes API in process (`sandbox.kubeapi`) with the EdgeDevice CRD and what
-   Istio would have put in a cluster: ConfigMap `istio-ca-root-cert` in the fleet
-   namespace holding a real self-signed CA (`sandbox.tlsgen`), and Service
+   Istio would have put in a cluster (`sandbox.cluster`): ConfigMap `istio-ca-root-cert`
+   in the fleet namespace holding a real self-signed CA (`sandbox.tlsgen`), and Service
    `istio-eastwestgateway` in `istio-system` whose load balancer address (203.0.113.10,
    an RFC 5737 documentation address) the controller discovers as it would in a
    cluster (PROTOCOL.md, "the hosts entry maps --istiod-ip, else ...").
@@ -42,19 +42,17 @@ from typing import Any, Self
 import yaml
 from pydantic import SecretStr
 
-from controller.cluster import EASTWEST_SERVICE, ISTIO_NAMESPACE, ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY
-from controller.kube import SERVICES, Kube, load_api_client
-from controller.resources import namespace as namespace_manifest
+from controller.kube import Kube, load_api_client
 from controller.run import Controller
 from controller.settings import ControllerSettings
-from device.agent import Agent
 from device.compose import build_agent
 from device.errors import DeviceError
-from device.leds import Color, SimulatedStrip
+from device.leds import SimulatedStrip
 from device.settings import AgentSettings
 from sandbox.broker import Mosquitto
+from sandbox.cluster import EDGE_DEVICE_CRD, seed_cluster
 from sandbox.kubeapi import KubeApiServer
-from sandbox.tlsgen import CertificateAuthority
+from sandbox.pis import PiSnapshot, SimulatedPi
 from shared import DEFAULT_TOPIC_PREFIX
 from shared.errors import PimeshError
 from shared.settings import MqttSettings, MqttVersion
@@ -62,14 +60,11 @@ from shared.settings import MqttSettings, MqttVersion
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "pi-fleet"
-GATEWAY_IP = "203.0.113.10"
-"""The east-west gateway's address in the sandbox (RFC 5737 TEST-NET-3)."""
 MAX_DEVICES = 100
 LED_COUNT = 100
 KEEPALIVE_S = 5
 ANNOUNCED_PORT = "http-pi=8080"
 CONTROLLER_CLIENT_ID = "pimesh-sandbox-controller"
-EDGE_DEVICE_CRD = Path(__file__).resolve().parents[1] / "deploy" / "crd" / "edgedevice.yaml"
 _READY_TIMEOUT_S = 15.0
 _STOP_WORKERS = 16
 
@@ -96,78 +91,12 @@ class SandboxInfo:
     device_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class PiSnapshot:
-    """One simulated Pi at one moment: the controller's view of it and its own."""
-
-    device_id: str
-    group: str
-    phase: str | None
-    """`status.phase` of its EdgeDevice (else the last enrollment it received)."""
-    online: bool | None
-    """`status.online` of its EdgeDevice (else whether the agent's MQTT link is up)."""
-    generation: int
-    """The bundle generation the controller published."""
-    acked: int
-    """The generation the device acknowledged (`status.ackedGeneration`)."""
-    installed: int
-    """The generation the agent has installed."""
-    ztunnel: str
-    effect: str
-    color: Color
-    command_id: str | None
-    pixels: tuple[Color, ...]
-    web_port: int | None
-
-    @property
-    def enrolled(self) -> bool:
-        """Enrolled, with a bundle installed and acknowledged."""
-        return self.phase == "Enrolled" and self.acked >= 1 and self.installed >= 1
-
-
 def free_port(host: str = "0.0.0.0") -> int:  # noqa: S104 - the agents' web servers bind it
     """A TCP port nothing listens on right now (the caller binds it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class SimulatedPi:
-    """One agent of the sandbox, with the simulated strip it drives."""
-
-    def __init__(self, agent: Agent, strip: SimulatedStrip, *, group: str) -> None:
-        self.agent = agent
-        self.strip = strip
-        self.group = group
-
-    @property
-    def device_id(self) -> str:
-        """The device id (`pi-N`)."""
-        return self.agent.device_id
-
-    def snapshot(self, edge_device: dict[str, Any] | None) -> PiSnapshot:
-        """What this Pi looks like now, given its EdgeDevice (None while there is none)."""
-        status: dict[str, Any] = (edge_device or {}).get("status") or {}
-        enrollment = self.agent.last_enrollment
-        record = self.agent.bundles.record
-        leds = self.agent.leds.state() if self.agent.leds is not None else None
-        return PiSnapshot(
-            device_id=self.device_id,
-            group=self.group,
-            phase=status.get("phase") or (enrollment.phase if enrollment else None),
-            # The controller's view once it has one; until then, the agent's own link.
-            online=status.get("online", self.agent.link.ready),
-            generation=int(status.get("generation") or 0),
-            acked=int(status.get("ackedGeneration") or 0),
-            installed=record.generation if record else 0,
-            ztunnel=self.agent.ztunnel.state,
-            effect=str(leds.effect) if leds else "absent",
-            color=leds.color if leds else Color(0, 0, 0),
-            command_id=leds.command_id if leds else None,
-            pixels=tuple(self.strip.current),
-            web_port=self.agent.web_port,
-        )
 
 
 class Sandbox:
@@ -399,46 +328,6 @@ class Sandbox:
         if api is None:
             return None
         return api.get_object("pimesh.io/v1alpha1", "edgedevices", name, namespace=self._namespace)
-
-
-def seed_cluster(kube: Kube, *, namespace: str) -> None:
-    """What Istio would have put in the cluster: the mesh root and the east-west gateway."""
-    root = CertificateAuthority(common_name="pimesh sandbox mesh root").cert_pem.decode()
-    kube.apply(namespace_manifest(namespace))
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ISTIO_NAMESPACE}})
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace},
-            "data": {ROOT_CERT_KEY: root},
-        }
-    )
-    kube.apply(gateway_service())
-    # A load balancer's address is status, written by the cloud's controller.
-    ingress = {"status": {"loadBalancer": {"ingress": [{"ip": GATEWAY_IP}]}}}
-    kube.merge_patch(
-        SERVICES, EASTWEST_SERVICE, ingress, namespace=ISTIO_NAMESPACE, subresource="status"
-    )
-
-
-def gateway_service() -> dict[str, Any]:
-    """Service `istio-eastwestgateway` as Istio's multicluster samples install it."""
-    ports = [("status-port", 15021), ("tls", 15443), ("tls-istiod", 15012), ("tls-webhook", 15017)]
-    labels = {"istio": "eastwestgateway", "app": "istio-eastwestgateway"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": EASTWEST_SERVICE, "namespace": ISTIO_NAMESPACE, "labels": labels},
-        "spec": {
-            "type": "LoadBalancer",
-            "selector": labels,
-            "ports": [
-                {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
-                for name, port in ports
-            ],
-        },
-    }
 
 
 def pimesh_bin() -> str:

@@ -1,6 +1,6 @@
 """What `pimesh sandbox` shows: the fleet as a live table, or as plain progress lines.
 
-Pure rendering from `PiSnapshot`s (`sandbox.run`): the live view redraws `dashboard`
+Pure rendering from `PiSnapshot`s (`sandbox.pis`): the live view redraws `dashboard`
 about four times a second (rich `Live`), headless mode feeds every snapshot to
 `ProgressLines`, which says one line per change ("pi-1 Enrolled generation 1"), and
 prints `fleet_table` once at the end. `instructions` is the text that tells an operator
@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from device.leds import Color
-from sandbox.run import PiSnapshot, SandboxInfo, pimesh_bin
+from sandbox.pis import PiSnapshot
+from sandbox.run import SandboxInfo, pimesh_bin
 
 PHASE_STYLES = {
     "Pending": "yellow",

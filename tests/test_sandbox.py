@@ -23,7 +23,8 @@ import pytest
 from rich.console import Console
 
 from device.leds import Color
-from sandbox.run import PiSnapshot, SandboxInfo
+from sandbox.pis import PiSnapshot
+from sandbox.run import SandboxInfo
 from sandbox.view import ProgressLines, dashboard, fleet_table, strip_cells
 
 REPO = Path(__file__).resolve().parents[1]
