@@ -40,14 +40,14 @@ from controller.devicestore import DeviceStore
 from controller.errors import Waiting
 from controller.events import EventRecorder
 from controller.inbox import Inbox
-from controller.issuer import Issuer, bundle_hash, seconds_to_half_life
+from controller.issuer import BundleSink, Issuer, bundle_hash, seconds_to_half_life
 from controller.kube import Kube
 from controller.meshobjects import AppKey, MeshObjects
 from controller.metrics import ControllerMetrics
 from controller.rotation import token_at_risk
 from controller.settings import ControllerSettings
 from controller.workqueue import Enqueue
-from shared.messages import Announce, Bundle, Enrollment
+from shared.messages import Announce, Enrollment
 from shared.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,11 @@ WorkKey = str | AppKey
 """A device id, or an app whose shared objects need converging."""
 
 
-class Publisher(Protocol):
+class Publisher(BundleSink, Protocol):
     """Where enrollments and bundles go (the controller's MQTT link)."""
 
     def publish_enrollment(self, msg: Enrollment, *, retain: bool = True) -> None:
         """Publish a signed enrollment."""
-
-    def publish_bundle(self, msg: Bundle) -> None:
-        """Publish a signed, sealed bundle (retained)."""
 
     def clear_bundle(self, device_id: str) -> None:
         """Remove the retained bundle."""
