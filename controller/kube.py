@@ -11,6 +11,7 @@ Every call the controller makes is a method here, so the RBAC rules in `deploy/`
 derived from (and tested against) this one module.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -143,7 +144,10 @@ class Kube:
             self._closed = True
             watches = list(self._watches)
         for response in watches:
-            response.shutdown()  # unblocks the thread reading it
+            # A watch that ended on its own meanwhile (its socket closed, or back in the
+            # pool) has nothing left to unblock.
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                response.shutdown()  # unblocks the thread reading it
         self._api.close()  # type: ignore[no-untyped-call]
 
     # Generic verbs ---------------------------------------------------------------
